@@ -1,0 +1,61 @@
+"""Baselines that ignore temporal order."""
+
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+
+from hpr.models import layers
+from hpr.models.lrcn import FrameCNN
+
+Array = jax.Array
+
+
+class SingleFrame(nnx.Module):
+  """The LRCN paper's single-frame baseline: classify every frame with the
+  LRCN frame encoder + Dense, then average the softmax predictions.
+
+  Returns log(mean softmax) so the output is a logits tensor. Frame order
+  cannot matter: every frame is classified alone and the mean is symmetric.
+  """
+
+  def __init__(
+    self,
+    num_classes: int,
+    *,
+    input_shape: Sequence[int] = (20, 64, 64, 3),
+    conv_features: Sequence[int] = (16, 32, 64, 64),
+    kernel_size: Sequence[int] = (3, 3),
+    pool_sizes: Sequence[int] = (4, 4, 2, 2),
+    dropout: float = 0.25,
+    rngs: nnx.Rngs,
+  ):
+    """Builds the model.
+
+    Args:
+      num_classes: number of output logits.
+      input_shape: (T, H, W, C) of one clip; T may differ at call time.
+      conv_features: output channels of each conv block.
+      kernel_size: (kh, kw) of every conv.
+      pool_sizes: square max-pool window of each conv block.
+      dropout: dropout rate after every conv block but the last.
+      rngs: 'params' and 'dropout' streams.
+    """
+    self.encoder = FrameCNN(
+      input_shape[1:],
+      conv_features=conv_features,
+      kernel_size=kernel_size,
+      pool_sizes=pool_sizes,
+      dropout=dropout,
+      rngs=rngs,
+    )
+    self.dense = nnx.Linear(
+      self.encoder.out_features,
+      num_classes,
+      kernel_init=layers.glorot_uniform,
+      rngs=rngs,
+    )
+
+  def __call__(self, x: Array) -> Array:
+    # x: (B, T, H, W, C) -> per-frame logits: (B, T, K) -> (B, K)
+    return layers.log_mean_softmax(self.dense(self.encoder(x)), axis=1)

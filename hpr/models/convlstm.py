@@ -1,0 +1,242 @@
+"""Convolutional LSTM (Shi et al., 2015) with Keras ConvLSTM2D semantics, and
+the ConvLSTM video classifier of the Keras action-recognition notebook."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hpr.models import layers
+
+Array = jax.Array
+
+
+class ConvLSTMCell(layers.KerasLSTMCellBase):
+  """Keras `ConvLSTM2D` cell, usable on its own or through `nnx.RNN`.
+
+  Gates (Keras order i, f, c, o), with * a convolution:
+    i = rec_act(x * Wi + h * Ui + bi)     f = rec_act(x * Wf + h * Uf + bf)
+    c' = f c + i act(x * Wc + h * Uc + bc)
+    o = rec_act(x * Wo + h * Uo + bo)     h' = o act(c')
+  The input convolution uses `strides` and `padding`; the recurrent one is
+  always stride 1, 'same', on the output grid.
+
+  Parameters are in Keras layout so Keras weights import by assignment:
+  `kernel` (kh, kw, in, 4F), `recurrent_kernel` (kh, kw, F, 4F), `bias` (4F).
+  The carry is (c, h), each (*batch, H', W', F), like `nnx.LSTMCell`.
+  Calling the cell applies no recurrent dropout; `ConvLSTM` applies it with
+  one mask per sequence through `step(..., recurrent_mask)`.
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    kernel_size: Sequence[int] = (3, 3),
+    *,
+    strides: Sequence[int] = (1, 1),
+    padding: str = 'valid',
+    activation: layers.Activation = 'tanh',
+    recurrent_activation: layers.Activation = 'sigmoid',
+    recurrent_dropout: float = 0.0,
+    use_bias: bool = True,
+    unit_forget_bias: bool = True,
+    rngs: nnx.Rngs,
+  ):
+    """Builds the cell; arguments follow Keras' `ConvLSTM2D`.
+
+    Args:
+      in_features: input channels.
+      features: output channels F (Keras' `filters`).
+      kernel_size: (kh, kw), shared by the input and recurrent convs.
+      strides: input-conv strides.
+      padding: input-conv padding, 'valid' or 'same'.
+      activation: cell-input and output activation.
+      recurrent_activation: gate activation ('hard_sigmoid' is Keras 2's).
+      recurrent_dropout: rate of the dropout on h before the recurrent conv.
+      use_bias: whether the cell has a bias.
+      unit_forget_bias: initialise the forget-gate bias to one.
+      rngs: 'params' for the weights, 'dropout' for recurrent dropout.
+    """
+    if padding.lower() not in ('valid', 'same'):
+      raise ValueError(f"padding must be 'valid' or 'same', got '{padding}'")
+    self.features = features
+    self.kernel_size = tuple(kernel_size)
+    self.strides = tuple(strides)
+    self.padding = padding.lower()
+    kh, kw = self.kernel_size
+    self.kernel = nnx.Param(
+      layers.glorot_uniform(rngs.params(), (kh, kw, in_features, 4 * features))
+    )
+    self.recurrent_kernel = nnx.Param(
+      layers.orthogonal(rngs.params(), (kh, kw, features, 4 * features))
+    )
+    bias_init = layers.lstm_bias_init(unit_forget_bias)
+    self.bias = (
+      nnx.Param(bias_init(None, (4 * features,))) if use_bias else None
+    )
+    self._init_gates(activation, recurrent_activation, recurrent_dropout, rngs)
+
+  def project_inputs(self, x: Array) -> Array:
+    # x: (..., H, W, C) -> (..., H', W', 4F)
+    z = layers.conv2d(x, self.kernel[...], self.strides, self.padding)
+    return z if self.bias is None else z + self.bias[...]
+
+  def project_hidden(self, h: Array) -> Array:
+    # h: (..., H', W', F) -> (..., H', W', 4F)
+    return layers.conv2d(h, self.recurrent_kernel[...], (1, 1), 'same')
+
+  def output_spatial_shape(self, height: int, width: int) -> tuple[int, int]:
+    """(H', W') of the cell's output for an (H, W) input."""
+    return tuple(
+      layers.conv_output_size(n, k, s, self.padding)
+      for n, k, s in zip(
+        (height, width), self.kernel_size, self.strides, strict=True
+      )
+    )
+
+  def initialize_carry(self, input_shape, rngs=None, carry_init=None):
+    """Zero (c, h) for inputs of shape (*batch, H, W, C); rngs are unused."""
+    *batch, height, width, _ = input_shape
+    shape = (*batch, *self.output_spatial_shape(height, width), self.features)
+    return jnp.zeros(shape), jnp.zeros(shape)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 3
+
+
+class ConvLSTM(nnx.Module):
+  """Keras `ConvLSTM2D` layer: x: (B, T, H, W, C) -> (B, T, H', W', F).
+
+  With `return_sequences=False` it returns the last step, (B, H', W', F).
+  Recurrent dropout follows Keras: one mask on h per sequence, fixed across
+  time steps, only in train mode (Keras 2 draws one mask per gate; inference
+  is identical).
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    kernel_size: Sequence[int] = (3, 3),
+    *,
+    return_sequences: bool = True,
+    rngs: nnx.Rngs,
+    **cell_kwargs,
+  ):
+    """Builds the layer.
+
+    Args:
+      in_features: input channels.
+      features: output channels (Keras' `filters`).
+      kernel_size: (kh, kw).
+      return_sequences: return every step, or only the last.
+      rngs: 'params' for the weights, 'dropout' for recurrent dropout.
+      **cell_kwargs: the other `ConvLSTMCell` arguments (strides, padding,
+        activation, recurrent_activation, recurrent_dropout, use_bias,
+        unit_forget_bias).
+    """
+    self.cell = ConvLSTMCell(
+      in_features, features, kernel_size, rngs=rngs, **cell_kwargs
+    )
+    self.return_sequences = return_sequences
+
+  def __call__(self, x: Array) -> Array:
+    return layers.run_lstm(self.cell, x, return_sequences=self.return_sequences)
+
+
+class ConvLSTMClassifier(nnx.Module):
+  """The notebook's ConvLSTM network: stacked ConvLSTM layers -> Dense.
+
+  Each ConvLSTM layer is followed by MaxPool (1, *pool_size) with 'same'
+  padding, and all but the last by dropout. The default configuration is
+  exactly the Keras notebook's network (44,524 parameters for 4 classes).
+  """
+
+  def __init__(
+    self,
+    num_classes: int,
+    *,
+    input_shape: Sequence[int] = (20, 64, 64, 3),
+    filters: Sequence[int] = (4, 8, 14, 16),
+    kernel_size: Sequence[int] = (3, 3),
+    padding: str = 'valid',
+    activation: str = 'tanh',
+    recurrent_activation: str = 'sigmoid',
+    recurrent_dropout: float = 0.2,
+    pool_size: Sequence[int] = (2, 2),
+    dropout: float = 0.2,
+    head: str = 'flatten',
+    rngs: nnx.Rngs,
+  ):
+    """Builds the classifier.
+
+    Args:
+      num_classes: number of output logits.
+      input_shape: (T, H, W, C) of one clip; 'flatten' needs T, H and W.
+      filters: output channels of each ConvLSTM layer.
+      kernel_size: (kh, kw) of every ConvLSTM conv.
+      padding: input-conv padding of the ConvLSTM layers.
+      activation: ConvLSTM cell activation.
+      recurrent_activation: ConvLSTM gate activation.
+      recurrent_dropout: ConvLSTM recurrent dropout rate.
+      pool_size: (ph, pw) of the spatial max pool after each layer.
+      dropout: rate of the dropout after every layer but the last.
+      head: 'flatten' (Flatten -> Dense, the notebook) or 'avgpool' (global
+        average over time and space -> Dense).
+      rngs: 'params' and 'dropout' streams.
+    """
+    if head not in ('flatten', 'avgpool'):
+      raise ValueError(f"head must be 'flatten' or 'avgpool', got '{head}'")
+    num_frames, height, width, channels = input_shape
+    self.pool_size = tuple(pool_size)
+    self.head = head
+    self.convlstms = nnx.List()
+    self.dropouts = nnx.List()
+    for i, features in enumerate(filters):
+      layer = ConvLSTM(
+        channels,
+        features,
+        kernel_size,
+        padding=padding,
+        activation=activation,
+        recurrent_activation=recurrent_activation,
+        recurrent_dropout=recurrent_dropout,
+        rngs=rngs,
+      )
+      self.convlstms.append(layer)
+      if i < len(filters) - 1:
+        self.dropouts.append(nnx.Dropout(dropout, rngs=rngs))
+      height, width = (
+        layers.conv_output_size(n, p, p, 'same')
+        for n, p in zip(
+          layer.cell.output_spatial_shape(height, width),
+          pool_size,
+          strict=True,
+        )
+      )
+      channels = features
+    head_features = channels
+    if head == 'flatten':
+      head_features *= num_frames * height * width
+    self.dense = nnx.Linear(
+      head_features,
+      num_classes,
+      kernel_init=layers.glorot_uniform,
+      rngs=rngs,
+    )
+
+  def __call__(self, x: Array) -> Array:
+    # x: (B, T, H, W, C) -> logits: (B, num_classes)
+    for i, convlstm in enumerate(self.convlstms):
+      x = layers.max_pool(convlstm(x), self.pool_size, 'same')
+      if i < len(self.dropouts):
+        x = self.dropouts[i](x)
+    if self.head == 'flatten':
+      # Row-major (T, H, W, C) order, as Keras' Flatten, for weight import.
+      x = x.reshape(x.shape[0], -1)
+    else:
+      x = jnp.mean(x, axis=(1, 2, 3))
+    return self.dense(x)

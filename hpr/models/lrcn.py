@@ -1,0 +1,145 @@
+"""LRCN (Donahue et al., 2015) as in the Keras notebook: a per-frame CNN
+encoder followed by an LSTM over the frame features."""
+
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+
+from hpr.models import layers
+
+Array = jax.Array
+
+
+class FrameCNN(nnx.Module):
+  """Per-frame encoder: [conv 'same' + relu -> max pool -> dropout] blocks.
+
+  Dropout follows every block but the last, as in the notebook; pools are
+  Keras' default 'valid'.
+  """
+
+  def __init__(
+    self,
+    input_shape: Sequence[int],
+    *,
+    conv_features: Sequence[int],
+    kernel_size: Sequence[int],
+    pool_sizes: Sequence[int],
+    dropout: float,
+    rngs: nnx.Rngs,
+  ):
+    """Builds the encoder.
+
+    Args:
+      input_shape: (H, W, C) of one frame.
+      conv_features: output channels of each conv block.
+      kernel_size: (kh, kw) of every conv.
+      pool_sizes: square max-pool window (and stride) of each block.
+      dropout: rate of the dropout after every block but the last.
+      rngs: 'params' and 'dropout' streams.
+    """
+    if len(pool_sizes) != len(conv_features):
+      raise ValueError(
+        f'pool_sizes {tuple(pool_sizes)} needs one entry per conv block '
+        f'{tuple(conv_features)}'
+      )
+    height, width, channels = input_shape
+    self.pool_sizes = tuple(pool_sizes)
+    self.convs = nnx.List()
+    self.dropouts = nnx.List()
+    for i, (features, pool) in enumerate(
+      zip(conv_features, pool_sizes, strict=True)
+    ):
+      self.convs.append(
+        layers.Conv2D(
+          channels, features, kernel_size, padding='same', rngs=rngs
+        )
+      )
+      if i < len(conv_features) - 1:
+        self.dropouts.append(nnx.Dropout(dropout, rngs=rngs))
+      height, width, channels = height // pool, width // pool, features
+    if height < 1 or width < 1:
+      raise ValueError(
+        f'frames of {tuple(input_shape)} are too small for pool_sizes '
+        f'{self.pool_sizes}'
+      )
+    self.out_features = height * width * channels
+
+  def __call__(self, x: Array) -> Array:
+    # x: (..., H, W, C) -> (..., out_features); all B * T frames go through
+    # each op at once, as one flat (N, H, W, C) batch (faster on XLA:CPU).
+    batch = x.shape[:-3]
+    x = x.reshape((-1,) + x.shape[-3:])
+    for i, (conv, pool) in enumerate(
+      zip(self.convs, self.pool_sizes, strict=True)
+    ):
+      x = layers.max_pool(jax.nn.relu(conv(x)), (pool, pool), 'valid')
+      if i < len(self.dropouts):
+        x = self.dropouts[i](x)
+    return x.reshape(batch + (-1,))
+
+
+class LRCN(nnx.Module):
+  """FrameCNN on every frame -> LSTM -> Dense.
+
+  readout='last' classifies the last LSTM step (the notebook).
+  readout='mean' classifies every step and averages the softmax predictions
+  (the LRCN paper), returned as log(mean softmax) so the output is still a
+  logits tensor for softmax cross-entropy. The default configuration is the
+  notebook's network (73,060 parameters for 4 classes).
+  """
+
+  def __init__(
+    self,
+    num_classes: int,
+    *,
+    input_shape: Sequence[int] = (20, 64, 64, 3),
+    conv_features: Sequence[int] = (16, 32, 64, 64),
+    kernel_size: Sequence[int] = (3, 3),
+    pool_sizes: Sequence[int] = (4, 4, 2, 2),
+    dropout: float = 0.25,
+    lstm_features: int = 32,
+    readout: str = 'last',
+    rngs: nnx.Rngs,
+  ):
+    """Builds the model.
+
+    Args:
+      num_classes: number of output logits.
+      input_shape: (T, H, W, C) of one clip; T may differ at call time.
+      conv_features: output channels of each conv block.
+      kernel_size: (kh, kw) of every conv.
+      pool_sizes: square max-pool window of each conv block.
+      dropout: dropout rate after every conv block but the last.
+      lstm_features: LSTM hidden size.
+      readout: 'last' or 'mean' (see the class docstring).
+      rngs: 'params' and 'dropout' streams.
+    """
+    if readout not in ('last', 'mean'):
+      raise ValueError(f"readout must be 'last' or 'mean', got '{readout}'")
+    self.readout = readout
+    self.encoder = FrameCNN(
+      input_shape[1:],
+      conv_features=conv_features,
+      kernel_size=kernel_size,
+      pool_sizes=pool_sizes,
+      dropout=dropout,
+      rngs=rngs,
+    )
+    self.lstm = layers.LSTM(
+      self.encoder.out_features,
+      lstm_features,
+      return_sequences=readout == 'mean',
+      rngs=rngs,
+    )
+    self.dense = nnx.Linear(
+      lstm_features, num_classes, kernel_init=layers.glorot_uniform, rngs=rngs
+    )
+
+  def __call__(self, x: Array) -> Array:
+    # x: (B, T, H, W, C) -> features: (B, T, D) -> logits: (B, num_classes)
+    logits = self.dense(self.lstm(self.encoder(x)))
+    if self.readout == 'mean':
+      # logits: (B, T, num_classes) -> (B, num_classes)
+      logits = layers.log_mean_softmax(logits, axis=1)
+    return logits
