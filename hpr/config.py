@@ -1,0 +1,212 @@
+"""Config loading and validation: one-line errors instead of tracebacks.
+
+The schema is `configs/default.py`: a config may only hold keys that the
+default holds, with values of the same type; sizes must be positive and names
+must be known. `validate` raises `ConfigError` naming the key and the problem.
+"""
+
+import importlib.util
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import ml_collections
+
+from hpr.errors import ConfigError
+
+_CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
+
+# key -> allowed values.
+_CHOICES = {
+  'input.train_sampling': ('uniform', 'strided', 'segments'),
+  'input.eval_sampling': ('uniform', 'strided', 'segments'),
+  'input.normalization': ('unit', 'centered'),
+  'optimizer.name': ('adam', 'adamw', 'sgd'),
+  'optimizer.schedule': ('constant', 'warmup_cosine'),
+  'training.monitor': ('val_loss', 'val_accuracy'),
+  'model.convlstm.padding': ('valid', 'same'),
+  'model.convlstm.head': ('flatten', 'avgpool'),
+  'model.lrcn.readout': ('last', 'mean'),
+}
+# Integers (or tuples of integers) that must be >= 1.
+_POSITIVE = (
+  'input.num_frames',
+  'input.image_size',
+  'input.frame_stride',
+  'input.shuffle_buffer',
+  'training.batch_size',
+  'training.num_epochs',
+  'training.log_every_steps',
+  'training.checkpoints_to_keep',
+  'eval.batch_size',
+  'model.convlstm.filters',
+  'model.convlstm.kernel_size',
+  'model.convlstm.pool_size',
+  'model.lrcn.conv_features',
+  'model.lrcn.kernel_size',
+  'model.lrcn.pool_sizes',
+  'model.lrcn.lstm_features',
+  'model.single_frame.conv_features',
+  'model.single_frame.kernel_size',
+  'model.single_frame.pool_sizes',
+  'optimizer.learning_rate',
+)
+# Numbers that must be >= 0.
+_NON_NEGATIVE = (
+  'training.patience',
+  'training.checkpoint_every_steps',
+  'optimizer.warmup_epochs',
+  'optimizer.weight_decay',
+  'optimizer.grad_clip_norm',
+)
+# Fractions in [0, 1).
+_FRACTIONS = (
+  'training.label_smoothing',
+  'optimizer.momentum',
+  'model.convlstm.dropout',
+  'model.convlstm.recurrent_dropout',
+  'model.lrcn.dropout',
+  'model.single_frame.dropout',
+)
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Loads `get_config()` from a Python config file.
+
+  Raises:
+    ConfigError: the file is missing or has no `get_config`.
+  """
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise ConfigError(f'config file not found: {path}')
+  spec = importlib.util.spec_from_file_location(f'hpr_config_{p.stem}', p)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'{path} defines no get_config()')
+  return module.get_config()
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns `configs/default.py`'s config: the schema."""
+  return load_config_file(str(_CONFIGS_DIR / 'default.py'))
+
+
+def _leaves(cfg: Any, prefix: str = '') -> Iterator[tuple[str, Any]]:
+  for key, value in cfg.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict | dict):
+      yield from _leaves(value, path + '.')
+    else:
+      yield path, value
+
+
+def _get(cfg: ml_collections.ConfigDict, path: str) -> Any:
+  for part in path.split('.'):
+    cfg = cfg[part]
+  return cfg
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, float):
+    return isinstance(value, int | float)
+  if isinstance(default, tuple | list):
+    if not isinstance(value, tuple | list) or not value:
+      return False
+    kinds = {type(v) for v in default} or {int}
+    return all(type(v) in kinds for v in value)
+  return isinstance(value, type(default))
+
+
+def _describe(value: Any) -> str:
+  return f'{value!r} ({type(value).__name__})'
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Checks `config` against the schema.
+
+  Args:
+    config: the experiment config.
+    num_devices: devices the global batch is split over.
+
+  Raises:
+    ConfigError: one line naming the key and the problem.
+  """
+  schema = dict(_leaves(default_config()))
+  given = dict(_leaves(config))
+  for key, value in given.items():
+    if key not in schema:
+      parent = key.rpartition('.')[0]
+      siblings = sorted(
+        k.rpartition('.')[2] for k in schema if k.rpartition('.')[0] == parent
+      )
+      hint = f'; valid keys here: {", ".join(siblings)}' if siblings else ''
+      raise ConfigError(f'unknown config key {key!r}{hint}')
+    if not _type_ok(value, schema[key]):
+      raise ConfigError(
+        f'{key}: expected {type(schema[key]).__name__} like '
+        f'{schema[key]!r}, got {_describe(value)}'
+      )
+  for key in schema:
+    if key not in given:
+      raise ConfigError(f'config key {key!r} is missing')
+
+  for key, choices in _CHOICES.items():
+    if given[key] not in choices:
+      raise ConfigError(
+        f'{key}: {given[key]!r} is not one of {", ".join(choices)}'
+      )
+  _check_model_name(config.model.name)
+  for key in _POSITIVE:
+    values = (
+      given[key] if isinstance(given[key], tuple | list) else [given[key]]
+    )
+    if any(v <= 0 for v in values):
+      raise ConfigError(f'{key}: must be positive, got {given[key]!r}')
+  for key in _NON_NEGATIVE:
+    if given[key] < 0:
+      raise ConfigError(f'{key}: must be >= 0, got {given[key]!r}')
+  for key in _FRACTIONS:
+    if not 0 <= given[key] < 1:
+      raise ConfigError(f'{key}: must be in [0, 1), got {given[key]!r}')
+  for key in ('training.batch_size', 'eval.batch_size'):
+    if given[key] % num_devices:
+      raise ConfigError(
+        f'{key}: {given[key]} is not divisible by the {num_devices} devices; '
+        f'use a multiple of {num_devices}'
+      )
+  _check_dataset_name(config.dataset.name)
+
+
+def _check_model_name(name: str) -> None:
+  from hpr import models
+
+  if name not in models.MODELS:
+    raise ConfigError(
+      f'model.name: unknown model {name!r}; valid: {", ".join(models.MODELS)}'
+    )
+
+
+def _check_dataset_name(name: str) -> None:
+  import tensorflow_datasets as tfds
+
+  import hpr.datasets  # noqa: F401  (registers hpr's builders)
+
+  builder_name = name.split('/')[0].split(':')[0]
+  try:
+    cls = tfds.builder_cls(builder_name)
+  except Exception:  # TFDS raises several kinds of not-found errors.
+    raise ConfigError(
+      f'dataset.name: unknown dataset {name!r}; hpr provides '
+      f'{", ".join(hpr.datasets.BUILDERS)}, or name any TFDS dataset'
+    ) from None
+  if '/' in name:
+    config_name = name.split('/')[1].split(':')[0]
+    known = [c.name for c in (cls.BUILDER_CONFIGS or [])]
+    if config_name not in known:
+      raise ConfigError(
+        f'dataset.name: {builder_name} has no config {config_name!r}; '
+        f'valid: {", ".join(known) or "none"}'
+      )

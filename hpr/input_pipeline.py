@@ -1,0 +1,256 @@
+"""TFDS video datasets -> clip batches (host NumPy) with tf.data.
+
+Frames stay JPEG-encoded until a clip's frames are chosen; only those are
+decoded. Training batches are shuffled per epoch from (seed, epoch), so the
+position in the stream is just (epoch, batch) and a resumed run sees exactly
+the batches an uninterrupted one would. Evaluation batches are padded to a
+full batch and carry a `mask`, so every example counts exactly once.
+"""
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from hpr import video_ops
+from hpr.errors import UserError
+
+# Keys a batch carries to the devices; others stay on the host.
+DEVICE_KEYS = ('video', 'label', 'mask')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the rest of hpr needs to know about a prepared dataset."""
+
+  name: str
+  class_names: tuple[str, ...]
+  num_examples: dict[str, int]  # Split (as configured) -> examples.
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def _is_hpr_builder(name: str) -> bool:
+  import hpr.datasets
+
+  return name.split('/')[0].split(':')[0] in hpr.datasets.BUILDERS
+
+
+def get_builder(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Returns the prepared TFDS builder, preparing hpr's own datasets once.
+
+  hpr's builders (synthetic_actions, video_folder) generate their data
+  locally; any other TFDS dataset must already be prepared in data_dir, since
+  hpr never downloads.
+
+  Raises:
+    UserError: the dataset is not prepared and hpr cannot prepare it.
+  """
+  import hpr.datasets  # noqa: F401  (registers hpr's builders)
+
+  data_dir = os.path.expanduser(dataset.data_dir) if dataset.data_dir else None
+  builder = tfds.builder(dataset.name, data_dir=data_dir)
+  if not builder.is_prepared():
+    if not _is_hpr_builder(dataset.name):
+      raise UserError(
+        f'dataset {dataset.name} is not prepared in {builder.data_dir} and '
+        'hpr does not download datasets; prepare it with TFDS first'
+      )
+    if jax.process_index() == 0:
+      builder.download_and_prepare()
+    _sync('dataset prepared')
+  return builder
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def get_dataset_info(
+  config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
+) -> DatasetInfo:
+  """Class names and split sizes of the configured splits."""
+  splits = {}
+  for split in (
+    config.dataset.train_split,
+    config.dataset.eval_split,
+    config.dataset.test_split,
+  ):
+    try:
+      splits[split] = builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as e:
+      raise UserError(
+        f'dataset {config.dataset.name} has no split {split!r} '
+        f'(available: {", ".join(builder.info.splits)})'
+      ) from e
+  return DatasetInfo(
+    name=config.dataset.name,
+    class_names=tuple(builder.info.features['label'].names),
+    num_examples=splits,
+  )
+
+
+def preprocess_ops(
+  config: ml_collections.ConfigDict, *, training: bool
+) -> list[video_ops.Op]:
+  """The preprocessing of one example, as a list of ops."""
+  i = config.input
+  ops = [
+    video_ops.sample_frames(
+      i.num_frames,
+      i.train_sampling if training else i.eval_sampling,
+      stride=i.frame_stride,
+      training=training,
+    ),
+    video_ops.decode_frames(),
+    video_ops.resize(i.image_size),
+  ]
+  if training and i.random_flip:
+    ops.append(video_ops.random_flip())
+  ops.append(video_ops.normalize(i.normalization))
+  return ops
+
+
+def _read(builder, split: str, shuffle_seed: int | None) -> tf.data.Dataset:
+  read_config = tfds.ReadConfig(
+    shuffle_seed=shuffle_seed, add_tfds_id=False, try_autocache=False
+  )
+  ds = builder.as_dataset(
+    split=split,
+    decoders={'video': tfds.decode.SkipDecoding()},
+    shuffle_files=shuffle_seed is not None,
+    read_config=read_config,
+  )
+  return ds.map(
+    lambda ex: {'video': ex['video'], 'label': tf.cast(ex['label'], tf.int32)}
+  )
+
+
+def _with_seeds(ds: tf.data.Dataset, seed: int, salt: int) -> tf.data.Dataset:
+  """Adds a per-example stateless seed derived from (seed, salt, position)."""
+  base = tf.constant([seed, salt], tf.int64)
+
+  def add(index, ex):
+    return {**ex, 'seed': tf.random.experimental.stateless_fold_in(base, index)}
+
+  return ds.enumerate().map(add)
+
+
+def train_batches(
+  config: ml_collections.ConfigDict,
+  builder: tfds.core.DatasetBuilder,
+  *,
+  epoch: int,
+  start_batch: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+  """This process's training batches of one epoch, from `start_batch` on.
+
+  Yields:
+    {'video': float32 (b, T, S, S, 3), 'label': int32 (b,)} with b the
+    per-process batch size; the last partial batch is dropped.
+  """
+  batch_size = config.training.batch_size // jax.process_count()
+  split = tfds.split_for_jax_process(config.dataset.train_split)
+  epoch_seed = config.seed * 100_003 + epoch
+  ds = _with_seeds(_read(builder, split, epoch_seed), config.seed, epoch)
+  ds = ds.shuffle(
+    config.input.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False
+  )
+  ds = ds.skip(start_batch * batch_size)
+  ds = ds.map(
+    video_ops.compose(preprocess_ops(config, training=True)),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
+  ds = ds.map(lambda ex: {'video': ex['video'], 'label': ex['label']})
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  yield from ds.as_numpy_iterator()
+
+
+def steps_per_epoch(
+  config: ml_collections.ConfigDict, info: DatasetInfo
+) -> int:
+  """Training steps in one epoch (the last partial batch is dropped)."""
+  per_process = info.num_examples[config.dataset.train_split] // (
+    jax.process_count()
+  )
+  return per_process // (config.training.batch_size // jax.process_count())
+
+
+def num_eval_batches(builder, split: str, batch_size: int) -> int:
+  """Batches every process yields for `split`: the largest process's count."""
+  parts = tfds.even_splits(split, n=jax.process_count(), drop_remainder=False)
+  most = max(builder.info.splits[p].num_examples for p in parts)
+  return max(1, math.ceil(most / batch_size))
+
+
+def eval_batches(
+  config: ml_collections.ConfigDict,
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+) -> Iterator[dict[str, np.ndarray]]:
+  """This process's evaluation batches of `split`, padded and masked.
+
+  Every process yields the same number of batches (padding-only batches where
+  its share runs out), as a multi-process step needs.
+
+  Yields:
+    {'video': float32 (b, T, S, S, 3), 'label': int32 (b,),
+     'mask': bool (b,)}: mask is False for padding.
+  """
+  batch_size = config.eval.batch_size // jax.process_count()
+  ds = _with_seeds(
+    _read(
+      builder, tfds.split_for_jax_process(split, drop_remainder=False), None
+    ),
+    config.seed,
+    -1,
+  )
+  ds = ds.map(
+    video_ops.compose(preprocess_ops(config, training=False)),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
+  ds = ds.map(lambda ex: {'video': ex['video'], 'label': ex['label']})
+  ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  total = num_eval_batches(builder, split, batch_size)
+  shape = (
+    batch_size,
+    config.input.num_frames,
+    config.input.image_size,
+    config.input.image_size,
+    3,
+  )
+  produced = 0
+  for batch in ds.as_numpy_iterator():
+    yield pad_batch(batch, batch_size)
+    produced += 1
+  for _ in range(total - produced):
+    yield {
+      'video': np.zeros(shape, np.float32),
+      'label': np.zeros((batch_size,), np.int32),
+      'mask': np.zeros((batch_size,), bool),
+    }
+
+
+def pad_batch(
+  batch: dict[str, np.ndarray], batch_size: int
+) -> dict[str, np.ndarray]:
+  """Pads every array to `batch_size` rows and adds the boolean `mask`."""
+  n = len(batch['label'])
+  out = {'mask': np.arange(batch_size) < n}
+  for key, value in batch.items():
+    pad = [(0, batch_size - n)] + [(0, 0)] * (value.ndim - 1)
+    out[key] = np.pad(value, pad)
+  return out

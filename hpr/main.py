@@ -1,0 +1,136 @@
+r"""hpr's entry point: train (and resume) or evaluate an experiment.
+
+  python -m hpr.main --config configs/default.py --workdir /tmp/hpr/default \
+      [--config.training.batch_size=8] [--mode=evaluate]
+
+Running the same command again resumes from the workdir's latest checkpoint.
+User mistakes (a bad config key or value, a missing file, a checkpoint of
+another model) end with one line `hpr: error: ...` and a non-zero exit code.
+"""
+
+import logging as std_logging
+import os
+import sys
+
+# Quiet TensorFlow's C++ start-up chatter; must be set before TF loads.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from hpr.errors import ConfigError, UserError  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  'config',
+  None,
+  'Experiment config file (a Python file with get_config()); '
+  'override keys with --config.key=value.',
+  lock_config=True,
+)
+flags.DEFINE_string(
+  'workdir',
+  None,
+  'Directory for checkpoints, metrics, '
+  'TensorBoard events and reports; reused to resume.',
+)
+flags.DEFINE_enum(
+  'mode',
+  'train',
+  ['train', 'evaluate'],
+  'train: train (or resume), then test the best checkpoint. '
+  'evaluate: test a checkpoint of the workdir.',
+)
+flags.DEFINE_integer(
+  'step',
+  None,
+  'With --mode=evaluate: the checkpoint step to evaluate (default: the best).',
+)
+flags.DEFINE_bool(
+  'jax_distributed',
+  False,
+  'Call jax.distributed.initialize()'
+  ' (multi-process runs; also when JAX_COORDINATOR_ADDRESS '
+  'is set).',
+)
+
+
+def fail(error: UserError) -> None:
+  """Prints one line for a user error and exits with its code."""
+  print(f'hpr: error: {error}', file=sys.stderr)
+  sys.exit(error.exit_code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with bad flags and config overrides as one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(ConfigError(str(e).strip().splitlines()[0]))
+  except (KeyError, AttributeError, TypeError, ValueError, OSError) as e:
+    # ml_collections raises these for an unknown --config.key or bad value.
+    message = str(e).strip().strip('"').splitlines()[0]
+    fail(ConfigError(f'bad --config override: {message}'))
+
+
+class _QuietLibraries:
+  """Drops the libraries' per-operation INFO chatter from the console.
+
+  orbax logs every save and restore in detail, TFDS every dataset it opens;
+  their warnings and errors still get through, and hpr's own INFO lines
+  (progress, metrics) are kept.
+  """
+
+  _NOISY = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/', '/tensorflow/')
+
+  def filter(self, record) -> bool:
+    noisy = any(part in record.pathname for part in self._NOISY)
+    if noisy and 'deprecat' in record.getMessage():
+      return False
+    return not (noisy and record.levelno < std_logging.WARNING)
+
+
+def _setup(config) -> None:
+  import jax
+  import tensorflow as tf
+
+  # Hide GPUs from TF, otherwise it reserves their memory, which JAX needs;
+  # TF only reads and preprocesses data here.
+  tf.config.set_visible_devices([], 'GPU')
+  if FLAGS.jax_distributed or 'JAX_COORDINATOR_ADDRESS' in os.environ:
+    jax.distributed.initialize()
+  if config.jax_cache_dir:
+    jax.config.update(
+      'jax_compilation_cache_dir', os.path.expanduser(config.jax_cache_dir)
+    )
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    fail(ConfigError(f'unexpected arguments: {" ".join(argv[1:])}'))
+  if FLAGS.config is None or not FLAGS.workdir:
+    fail(ConfigError('--config and --workdir are required'))
+  config = FLAGS.config
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    _setup(config)
+    if FLAGS.mode == 'train':
+      from hpr import train
+
+      result = train.train_and_evaluate(config, FLAGS.workdir)
+    else:
+      from hpr import evaluate
+
+      result = evaluate.evaluate(config, FLAGS.workdir, step=FLAGS.step)
+  except UserError as e:
+    fail(e)
+  logging.info('done: %s', FLAGS.workdir)
+  print(
+    f'test accuracy: {result["accuracy"]:.4f} '
+    f'({result["count"]} clips, loss {result["loss"]:.4f})'
+  )
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,160 @@
+"""Pure TensorFlow ops on clips, composed into the input pipeline.
+
+Every op is a factory returning `fn(features) -> features`, where `features`
+is a dict holding at least:
+  'video': encoded frames tf.string (N,) before `decode_frames`, then the
+           clip, uint8 or float32 (T, H, W, 3);
+  'seed':  int32 (2,) stateless seed of this example (random ops only).
+Random ops are stateless (`tf.random.stateless_*` keyed by the example's seed
+and the op's own salt), so a clip's augmentation depends only on the seed,
+never on tf.data's parallelism or on where a resumed run starts.
+"""
+
+from collections.abc import Callable, Sequence
+
+import tensorflow as tf
+
+Features = dict[str, tf.Tensor]
+Op = Callable[[Features], Features]
+
+# Salts that give each random op its own stream from the example's seed.
+_SAMPLE_SALT, _FLIP_SALT = 1, 2
+
+
+def _op_seed(features: Features, salt: int) -> tf.Tensor:
+  return tf.random.experimental.stateless_fold_in(features['seed'], salt)
+
+
+def frame_indices(
+  num_video_frames: tf.Tensor,
+  num_frames: int,
+  method: str,
+  *,
+  stride: int = 1,
+  seed: tf.Tensor | None = None,
+) -> tf.Tensor:
+  """Chooses which frames of a video form the clip.
+
+  Args:
+    num_video_frames: scalar int, frames in the video (N).
+    num_frames: clip length (T).
+    method: 'uniform' (evenly spaced over the whole video: frame
+      floor(i * N / T), the notebook's choice when N is a multiple of T),
+      'strided' (T frames `stride` apart from an offset) or 'segments' (one
+      frame from each of T equal segments, TSN).
+    stride: frame step for 'strided'.
+    seed: stateless seed; None means evaluation: 'strided' takes the centred
+      clip and 'segments' the middle of each segment.
+
+  Returns:
+    int32 (T,) indices in [0, N). Videos shorter than the clip repeat their
+    last frame.
+  """
+  n = tf.cast(num_video_frames, tf.int32)
+  steps = tf.range(num_frames, dtype=tf.int32)
+  if method == 'uniform':
+    idx = steps * n // num_frames
+  elif method == 'strided':
+    span = (num_frames - 1) * stride + 1
+    room = tf.maximum(n - span, 0)
+    if seed is None:
+      offset = room // 2
+    else:
+      offset = tf.random.stateless_uniform(
+        [], seed, minval=0, maxval=room + 1, dtype=tf.int32
+      )
+    idx = offset + steps * stride
+  elif method == 'segments':
+    seg = tf.cast(n, tf.float32) / num_frames
+    if seed is None:
+      pos = tf.fill([num_frames], 0.5)
+    else:
+      pos = tf.random.stateless_uniform([num_frames], seed)
+    idx = tf.cast((tf.cast(steps, tf.float32) + pos) * seg, tf.int32)
+  else:
+    raise ValueError(f'unknown sampling method {method!r}')
+  return tf.clip_by_value(idx, 0, tf.maximum(n - 1, 0))
+
+
+def sample_frames(
+  num_frames: int, method: str, *, stride: int = 1, training: bool
+) -> Op:
+  """Keeps the encoded frames of one clip: 'video' (N,) -> (T,) strings."""
+
+  def fn(features: Features) -> Features:
+    seed = _op_seed(features, _SAMPLE_SALT) if training else None
+    idx = frame_indices(
+      tf.shape(features['video'])[0],
+      num_frames,
+      method,
+      stride=stride,
+      seed=seed,
+    )
+    return {**features, 'video': tf.gather(features['video'], idx)}
+
+  return fn
+
+
+def decode_frames() -> Op:
+  """Decodes JPEG/PNG frames: 'video' (T,) strings -> uint8 (T, H, W, 3)."""
+
+  def fn(features: Features) -> Features:
+    frames = tf.map_fn(
+      lambda s: tf.io.decode_image(s, channels=3, expand_animations=False),
+      features['video'],
+      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+    )
+    return {**features, 'video': frames}
+
+  return fn
+
+
+def resize(size: int) -> Op:
+  """Resizes every frame: (T, H, W, 3) -> float32 (T, size, size, 3)."""
+
+  def fn(features: Features) -> Features:
+    video = tf.image.resize(
+      features['video'], [size, size], method='bilinear', antialias=True
+    )
+    return {**features, 'video': video}
+
+  return fn
+
+
+def random_flip() -> Op:
+  """Mirrors the whole clip left-right with probability 1/2."""
+
+  def fn(features: Features) -> Features:
+    coin = tf.random.stateless_uniform([], _op_seed(features, _FLIP_SALT))
+    video = features['video']
+    video = tf.cond(
+      coin < 0.5, lambda: tf.reverse(video, axis=[2]), lambda: video
+    )
+    return {**features, 'video': video}
+
+  return fn
+
+
+def normalize(mode: str) -> Op:
+  """Pixel values to float32: 'unit' -> [0, 1], 'centered' -> [-1, 1]."""
+  if mode not in ('unit', 'centered'):
+    raise ValueError(f'unknown normalization {mode!r}')
+
+  def fn(features: Features) -> Features:
+    video = tf.cast(features['video'], tf.float32) / 255.0
+    if mode == 'centered':
+      video = video * 2.0 - 1.0
+    return {**features, 'video': video}
+
+  return fn
+
+
+def compose(ops: Sequence[Op]) -> Op:
+  """Applies `ops` in order."""
+
+  def fn(features: Features) -> Features:
+    for op in ops:
+      features = op(features)
+    return features
+
+  return fn
