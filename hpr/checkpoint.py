@@ -132,34 +132,45 @@ class Checkpoints:
     self._manager.close()
 
 
+def _named_leaves(tree: Any) -> dict[str, Any]:
+  # By printed path: orbax restores the integer keys of nnx.List as strings.
+  return {
+    jax.tree_util.keystr(path, simple=True, separator='/'): leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
+
+
 def fit_to(tree: Any, target: Any, what: str) -> Any:
   """Checks that a restored `tree` has `target`'s structure and shapes.
+
+  Returns:
+    The restored arrays in `target`'s structure, placed like `target`.
 
   Raises:
     UserError: naming the first array that differs (a checkpoint of another
       model or class count).
   """
-  got = dict(jax.tree_util.tree_leaves_with_path(tree))
-  want = dict(jax.tree_util.tree_leaves_with_path(target))
-  for path, leaf in want.items():
-    name = jax.tree_util.keystr(path, simple=True, separator='/')
-    if path not in got:
+  got, want = _named_leaves(tree), _named_leaves(target)
+  for name, leaf in want.items():
+    if name not in got:
       raise UserError(
         f'{what} has no parameter {name}: it was written for a different model'
       )
-    if tuple(got[path].shape) != tuple(leaf.shape):
+    if tuple(got[name].shape) != tuple(leaf.shape):
       raise UserError(
-        f'{what} holds {name} with shape {tuple(got[path].shape)}, but this '
+        f'{what} holds {name} with shape {tuple(got[name].shape)}, but this '
         f'config builds {tuple(leaf.shape)}: it was written for a different '
         'model or number of classes'
       )
-  extra = set(got) - set(want)
+  extra = sorted(set(got) - set(want))
   if extra:
-    name = jax.tree_util.keystr(
-      sorted(extra, key=str)[0], simple=True, separator='/'
-    )
     raise UserError(
-      f"{what} holds {name}, which this config's model does "
+      f"{what} holds {extra[0]}, which this config's model does "
       'not have: it was written for a different model'
     )
-  return jax.tree.map(lambda a, b: jax.device_put(a, b.sharding), tree, target)
+  return jax.tree_util.tree_map_with_path(
+    lambda path, b: jax.device_put(
+      got[jax.tree_util.keystr(path, simple=True, separator='/')], b.sharding
+    ),
+    target,
+  )

@@ -10,6 +10,7 @@ another model) end with one line `hpr: error: ...` and a non-zero exit code.
 
 import logging as std_logging
 import os
+import re
 import sys
 
 # Quiet TensorFlow's C++ start-up chatter; must be set before TF loads.
@@ -69,8 +70,33 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(ConfigError(str(e).strip().splitlines()[0]))
   except (KeyError, AttributeError, TypeError, ValueError, OSError) as e:
     # ml_collections raises these for an unknown --config.key or bad value.
-    message = str(e).strip().strip('"').splitlines()[0]
-    fail(ConfigError(f'bad --config override: {message}'))
+    fail(ConfigError(_override_error(argv, e)))
+
+
+def _override_error(argv: list[str], error: Exception) -> str:
+  """One line for a --config.key=value that ml_collections rejected."""
+  text = error.args[0] if error.args else str(error)
+  text = str(text).strip()
+  keys = [
+    a.split('=', 1)[0].removeprefix('--config.')
+    for a in argv
+    if a.startswith('--config.')
+  ]
+  if isinstance(error, KeyError | AttributeError):
+    words = re.findall(r'\w+', text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    for key in keys:
+      parts = key.split('.')
+      missing = [w for w in words[:3] if w in parts]
+      if missing:
+        at = parts.index(missing[0])
+        message = f"unknown config key '{key}'"
+        if hint:
+          near = '.'.join(parts[:at] + [hint.group(1)])
+          message += f"; did you mean '{near}'?"
+        return message + ' (see configs/default.py for every key)'
+  first = text.splitlines()[0] if text else type(error).__name__
+  return f'bad --config override: {first}'
 
 
 class _QuietLibraries:

@@ -177,6 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         }
         _check_finite(float(loss), step, ckpts)
         ckpts.save(step, ts.checkpoint_tree(), meta)
+        logging.info('saved checkpoint at step %d', step)
     train_scores = ts.metrics().compute()
     _check_finite(float(train_scores['loss']), step, ckpts)
     ts.reset_metrics()
@@ -212,6 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       meta,
       metrics={k: scores[k] for k in ('val_loss', 'val_accuracy')},
     )
+    logging.info('saved checkpoint at step %d', step)
     logging.info(
       'epoch %d/%d: loss %.4f accuracy %.4f | val_loss %.4f val_accuracy '
       '%.4f (%.1fs)%s',

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from hpr import metrics, models, optim, parallel
+from hpr.errors import ConfigError
 
 Batch = dict[str, jax.Array]
 
@@ -158,13 +159,16 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
     config.input.image_size,
     3,
   )
-  return models.build_model(
-    name,
-    config.model[name].to_dict(),
-    num_classes=num_classes,
-    input_shape=input_shape,
-    rngs=nnx.Rngs(params=config.seed, dropout=config.seed),
-  )
+  try:
+    return models.build_model(
+      name,
+      config.model[name].to_dict(),
+      num_classes=num_classes,
+      input_shape=input_shape,
+      rngs=nnx.Rngs(params=config.seed, dropout=config.seed),
+    )
+  except ValueError as e:  # The model rejects its arguments or input size.
+    raise ConfigError(f'model.{name}: {e}') from e
 
 
 def jit_train_step(

@@ -1,0 +1,51 @@
+"""Shared test set-up: 8 fake CPU devices, no GPUs for TF, a tiny dataset."""
+
+import os
+
+# Before JAX is imported anywhere: the whole suite runs on 8 CPU devices, so
+# the data-parallel path is what the tests exercise.
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+import pytest  # noqa: E402
+
+TINY_DATASET = 'synthetic_actions/tiny'
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A TFDS data_dir with synthetic_actions/tiny prepared once per session."""
+  import tensorflow_datasets as tfds
+
+  import hpr.datasets  # noqa: F401
+
+  path = str(tmp_path_factory.mktemp('tfds'))
+  tfds.builder(TINY_DATASET, data_dir=path).download_and_prepare()
+  return path
+
+
+def tiny_config(data_dir: str, model: str = 'lrcn'):
+  """A config that trains in seconds on the tiny dataset."""
+  from hpr import config as config_lib
+
+  config = config_lib.default_config()
+  config.dataset.name = TINY_DATASET
+  config.dataset.data_dir = data_dir
+  config.input.num_frames = 6
+  config.input.image_size = 32
+  config.model.name = model
+  config.model.lrcn.conv_features = (4, 8)
+  config.model.lrcn.pool_sizes = (2, 2)
+  config.model.lrcn.lstm_features = 8
+  config.model.single_frame.conv_features = (4, 8)
+  config.model.single_frame.pool_sizes = (2, 2)
+  config.model.convlstm.filters = (4, 4)
+  config.training.batch_size = 8
+  config.training.num_epochs = 2
+  config.training.log_every_steps = 2
+  config.eval.batch_size = 8
+  config.jax_cache_dir = ''
+  return config

@@ -1,0 +1,120 @@
+"""Each preprocessing op, eagerly and inside tf.data (they can differ)."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from hpr import video_ops
+
+
+def _encoded_video(n: int, size: int = 16) -> tf.Tensor:
+  frames = []
+  for i in range(n):
+    img = np.full((size, size, 3), i * 10 % 256, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format='PNG')  # Lossless: exact values.
+    frames.append(buf.getvalue())
+  return tf.constant(frames)
+
+
+def _run(op, features, in_dataset: bool):
+  if not in_dataset:
+    return op(features)
+  ds = tf.data.Dataset.from_tensors(features).map(op)
+  return next(iter(ds))
+
+
+@pytest.mark.parametrize('in_dataset', [False, True])
+def test_uniform_indices_are_evenly_spaced_over_the_whole_video(in_dataset):
+  fn = lambda n: video_ops.frame_indices(n, 4, 'uniform')  # noqa: E731
+  got = _run(fn, tf.constant(40), in_dataset)
+  np.testing.assert_array_equal(got, [0, 10, 20, 30])
+  np.testing.assert_array_equal(
+    _run(fn, tf.constant(42), in_dataset), [0, 10, 21, 31]
+  )
+
+
+@pytest.mark.parametrize('method', ['uniform', 'strided', 'segments'])
+def test_short_video_repeats_last_frame(method):
+  idx = video_ops.frame_indices(
+    3, 6, method, stride=2, seed=tf.constant([1, 2])
+  )
+  assert idx.shape == (6,)
+  assert int(tf.reduce_max(idx)) <= 2 and int(tf.reduce_min(idx)) >= 0
+
+
+def test_strided_eval_is_centred_and_train_is_seeded():
+  idx = video_ops.frame_indices(20, 4, 'strided', stride=2)
+  np.testing.assert_array_equal(idx, [6, 8, 10, 12])
+  a = video_ops.frame_indices(
+    100, 4, 'strided', stride=3, seed=tf.constant([1, 1])
+  )
+  b = video_ops.frame_indices(
+    100, 4, 'strided', stride=3, seed=tf.constant([1, 1])
+  )
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(np.diff(a.numpy()), [3, 3, 3])
+  starts = {
+    int(
+      video_ops.frame_indices(
+        100, 4, 'strided', stride=3, seed=tf.constant([s, 0])
+      )[0]
+    )
+    for s in range(20)
+  }
+  assert len(starts) > 5
+
+
+def test_segments_take_one_frame_per_segment():
+  idx = video_ops.frame_indices(40, 4, 'segments').numpy()
+  np.testing.assert_array_equal(idx, [5, 15, 25, 35])
+  idx = video_ops.frame_indices(40, 4, 'segments', seed=tf.constant([3, 4]))
+  for i, v in enumerate(idx.numpy()):
+    assert 10 * i <= v < 10 * (i + 1)
+
+
+@pytest.mark.parametrize('in_dataset', [False, True])
+def test_sample_decode_resize_normalize(in_dataset):
+  features = {'video': _encoded_video(10), 'seed': tf.constant([0, 0])}
+  op = video_ops.compose(
+    [
+      video_ops.sample_frames(5, 'uniform', training=False),
+      video_ops.decode_frames(),
+      video_ops.resize(8),
+      video_ops.normalize('unit'),
+    ]
+  )
+  out = _run(op, features, in_dataset)['video'].numpy()
+  assert out.shape == (5, 8, 8, 3) and out.dtype == np.float32
+  # Frames 0, 2, 4, 6, 8 have constant value 20 * k.
+  np.testing.assert_allclose(
+    out[:, 0, 0, 0], np.arange(5) * 20 / 255, atol=1e-6
+  )
+
+
+@pytest.mark.parametrize('in_dataset', [False, True])
+def test_random_flip_mirrors_whole_clip_and_depends_on_seed(in_dataset):
+  video = tf.reshape(tf.range(2 * 2 * 3 * 3, dtype=tf.float32), (2, 2, 3, 3))
+  flipped = 0
+  for s in range(16):
+    out = _run(
+      video_ops.random_flip(),
+      {'video': video, 'seed': tf.constant([s, 7])},
+      in_dataset,
+    )
+    out = out['video'].numpy()
+    if np.array_equal(out, video.numpy()[:, :, ::-1]):
+      flipped += 1
+    else:
+      np.testing.assert_array_equal(out, video.numpy())
+  assert 0 < flipped < 16
+
+
+def test_normalize_centered_range():
+  out = video_ops.normalize('centered')(
+    {'video': tf.constant([0, 255], tf.uint8)}
+  )['video'].numpy()
+  np.testing.assert_allclose(out, [-1.0, 1.0])
