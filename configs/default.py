@@ -57,7 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.convlstm.kernel_size = (3, 3)
   m.convlstm.padding = 'valid'  # Input convolution; the recurrent is 'same'.
   m.convlstm.activation = 'tanh'
-  m.convlstm.recurrent_activation = 'sigmoid'
+  # Keras 2's ConvLSTM2D default (the notebook's): clip(0.2x + 0.5, 0, 1).
+  # 'hard_sigmoid_keras3' is Keras 3's relu6(x + 3) / 6; or 'sigmoid'.
+  m.convlstm.recurrent_activation = 'hard_sigmoid'
   m.convlstm.recurrent_dropout = 0.2
   m.convlstm.pool_size = (2, 2)  # MaxPool (1, 2, 2) 'same' after each layer.
   m.convlstm.dropout = 0.2  # After every layer but the last.

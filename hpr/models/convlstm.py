@@ -164,7 +164,7 @@ class ConvLSTMClassifier(nnx.Module):
     kernel_size: Sequence[int] = (3, 3),
     padding: str = 'valid',
     activation: str = 'tanh',
-    recurrent_activation: str = 'sigmoid',
+    recurrent_activation: str = 'hard_sigmoid',
     recurrent_dropout: float = 0.2,
     pool_size: Sequence[int] = (2, 2),
     dropout: float = 0.2,
@@ -180,7 +180,9 @@ class ConvLSTMClassifier(nnx.Module):
       kernel_size: (kh, kw) of every ConvLSTM conv.
       padding: input-conv padding of the ConvLSTM layers.
       activation: ConvLSTM cell activation.
-      recurrent_activation: ConvLSTM gate activation.
+      recurrent_activation: ConvLSTM gate activation. The default is Keras
+        2's ConvLSTM2D default, which the notebook ran with: 'hard_sigmoid'
+        = clip(0.2 x + 0.5, 0, 1) (Keras 3 changed it to 'sigmoid').
       recurrent_dropout: ConvLSTM recurrent dropout rate.
       pool_size: (ph, pw) of the spatial max pool after each layer.
       dropout: rate of the dropout after every layer but the last.
@@ -218,6 +220,12 @@ class ConvLSTMClassifier(nnx.Module):
         )
       )
       channels = features
+      if height < 1 or width < 1:
+        raise ValueError(
+          f'frames of {tuple(input_shape[1:3])} are too small for '
+          f'{len(filters)} ConvLSTM layers with {padding} padding and '
+          f'pool_size {self.pool_size}'
+        )
     head_features = channels
     if head == 'flatten':
       head_features *= num_frames * height * width

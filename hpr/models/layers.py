@@ -159,8 +159,8 @@ def max_pool(x: Array, window: Sequence[int], padding: str) -> Array:
   Args:
     x: (..., H, W, C).
     window: (ph, pw).
-    padding: 'valid' (drops the remainder) or 'same' (pads the end with
-      -inf, like TensorFlow).
+    padding: 'valid' (drops the remainder) or 'same' (pads with -inf as
+      TensorFlow does: half before, the odd one after).
 
   Returns:
     (..., H', W', C).
@@ -170,7 +170,12 @@ def max_pool(x: Array, window: Sequence[int], padding: str) -> Array:
   out_h = conv_output_size(height, ph, ph, padding)
   out_w = conv_output_size(width, pw, pw, padding)
   if padding.lower() == 'same':
-    pads = ((0, out_h * ph - height), (0, out_w * pw - width), (0, 0))
+    extra_h, extra_w = out_h * ph - height, out_w * pw - width
+    pads = (
+      (extra_h // 2, extra_h - extra_h // 2),
+      (extra_w // 2, extra_w - extra_w // 2),
+      (0, 0),
+    )
     x = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + pads, constant_values=-jnp.inf)
   x = x[..., : out_h * ph, : out_w * pw, :]
   x = x.reshape(x.shape[:-3] + (out_h, ph, out_w, pw, channels))
