@@ -20,7 +20,7 @@ _CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
 _CHOICES = {
   'input.train_sampling': ('uniform', 'strided', 'segments'),
   'input.eval_sampling': ('uniform', 'strided', 'segments'),
-  'input.normalization': ('unit', 'centered'),
+  'input.normalization': ('unit', 'centered', 'clip_centered'),
   'optimizer.name': ('adam', 'adamw', 'sgd'),
   'optimizer.schedule': ('constant', 'warmup_cosine'),
   'training.monitor': ('val_loss', 'val_accuracy'),
@@ -62,6 +62,7 @@ _NON_NEGATIVE = (
 # Fractions in [0, 1).
 _FRACTIONS = (
   'training.label_smoothing',
+  'input.color_jitter',
   'optimizer.momentum',
   'model.convlstm.dropout',
   'model.convlstm.recurrent_dropout',

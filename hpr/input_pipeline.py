@@ -118,6 +118,8 @@ def preprocess_ops(
   ]
   if training and i.random_flip:
     ops.append(video_ops.random_flip())
+  if training and i.color_jitter:
+    ops.append(video_ops.color_jitter(i.color_jitter))
   ops.append(video_ops.normalize(i.normalization))
   return ops
 

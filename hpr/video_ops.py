@@ -18,7 +18,7 @@ Features = dict[str, tf.Tensor]
 Op = Callable[[Features], Features]
 
 # Salts that give each random op its own stream from the example's seed.
-_SAMPLE_SALT, _FLIP_SALT = 1, 2
+_SAMPLE_SALT, _FLIP_SALT, _COLOR_SALT = 1, 2, 3
 
 
 def _op_seed(features: Features, salt: int) -> tf.Tensor:
@@ -135,15 +135,54 @@ def random_flip() -> Op:
   return fn
 
 
-def normalize(mode: str) -> Op:
-  """Pixel values to float32: 'unit' -> [0, 1], 'centered' -> [-1, 1]."""
-  if mode not in ('unit', 'centered'):
-    raise ValueError(f'unknown normalization {mode!r}')
+def color_jitter(strength: float) -> Op:
+  """Random per-clip colour change (the same for every frame).
+
+  Rotates the hue by up to +-strength/2 of the colour circle, scales the
+  saturation and the contrast by up to 1 +- strength, and shifts the
+  brightness by up to +-strength/4 of the range. Frames are float in
+  [0, 255] before and after (as `resize` leaves them).
+  """
 
   def fn(features: Features) -> Features:
-    video = tf.cast(features['video'], tf.float32) / 255.0
-    if mode == 'centered':
-      video = video * 2.0 - 1.0
+    u = tf.random.stateless_uniform(
+      [4], _op_seed(features, _COLOR_SALT), -1.0, 1.0
+    )
+    video = features['video'] / 255.0
+    video = tf.image.adjust_hue(video, 0.5 * strength * u[0])
+    video = tf.image.adjust_saturation(video, 1.0 + strength * u[1])
+    mean = tf.reduce_mean(video, axis=[-3, -2, -1], keepdims=True)
+    video = (video - mean) * (1.0 + strength * u[2]) + mean
+    video = video + 0.25 * strength * u[3]
+    return {**features, 'video': tf.clip_by_value(video, 0.0, 1.0) * 255.0}
+
+  return fn
+
+
+NORMALIZATIONS = ('unit', 'centered', 'clip_centered')
+
+
+def normalize(mode: str) -> Op:
+  """Pixel values to float32.
+
+  'unit': pixel / 255, in [0, 1] (the notebook). 'centered': [-1, 1].
+  'clip_centered': (pixel - the clip's mean frame) / 64: what does not move
+  (the room, the static clutter) becomes 0 and moving limbs stand out; the
+  mean is over the clip's sampled frames, so frame order does not change it.
+  """
+  if mode not in NORMALIZATIONS:
+    raise ValueError(
+      f'unknown normalization {mode!r}; valid: {", ".join(NORMALIZATIONS)}'
+    )
+
+  def fn(features: Features) -> Features:
+    video = tf.cast(features['video'], tf.float32)
+    if mode == 'clip_centered':
+      video = (video - tf.reduce_mean(video, axis=-4, keepdims=True)) / 64.0
+    else:
+      video = video / 255.0
+      if mode == 'centered':
+        video = video * 2.0 - 1.0
     return {**features, 'video': video}
 
   return fn

@@ -118,3 +118,37 @@ def test_normalize_centered_range():
     {'video': tf.constant([0, 255], tf.uint8)}
   )['video'].numpy()
   np.testing.assert_allclose(out, [-1.0, 1.0])
+
+
+def test_normalize_clip_centered_removes_the_static_background():
+  rng = np.random.default_rng(0)
+  video = rng.integers(0, 256, (6, 4, 4, 3)).astype(np.uint8)
+  video[:, :2] = 90  # A static region.
+  out = video_ops.normalize('clip_centered')({'video': tf.constant(video)})
+  out = out['video'].numpy()
+  np.testing.assert_allclose(out[:, :2], 0.0, atol=1e-6)
+  expected = (video - video.astype(np.float64).mean(0)) / 64
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  # The mean ignores frame order: reversing the clip reverses the output.
+  rev = video_ops.normalize('clip_centered')(
+    {'video': tf.constant(video[::-1])}
+  )
+  np.testing.assert_allclose(rev['video'].numpy(), out[::-1], atol=1e-6)
+
+
+@pytest.mark.parametrize('in_dataset', [False, True])
+def test_color_jitter_is_per_clip_and_seeded(in_dataset):
+  rng = np.random.default_rng(1)
+  video = rng.uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+  video[1] = video[0]  # Two equal frames stay equal: one change per clip.
+  features = {'video': tf.constant(video), 'seed': tf.constant([4, 2])}
+  op = video_ops.color_jitter(0.5)
+  out = np.asarray(_run(op, features, in_dataset)['video'])
+  again = np.asarray(_run(op, features, in_dataset)['video'])
+  np.testing.assert_array_equal(out, again)
+  np.testing.assert_allclose(out[0], out[1], atol=1e-4)
+  assert out.min() >= 0.0 and out.max() <= 255.0
+  assert np.abs(out - video).mean() > 1.0
+  other = _run(op, {**features, 'seed': tf.constant([5, 2])}, in_dataset)
+  other = np.asarray(other['video'])
+  assert not np.allclose(out, other)

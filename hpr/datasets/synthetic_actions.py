@@ -47,7 +47,7 @@ class SyntheticActionsConfig(tfds.core.BuilderConfig):
   image_size: int = 64
   num_frames: int = 40
   num_groups: int = 25
-  clips_per_group: int = 4
+  clips_per_group: int = 6
   seed: int = 0
   fps: float = 25.0
   nuisance: synthetic_render.Nuisance = synthetic_render.Nuisance()
@@ -94,9 +94,17 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
     SyntheticActionsConfig(
       name='default',
       description=(
-        "hpr's default experiment: 64x64, 40 frames, 25 groups x 4 clips x "
-        '12 classes = 1200 clips; builds in under a minute on 2 cores.'
+        "hpr's default experiment: 64x64, 40 frames, 25 groups x 6 clips x "
+        '12 classes = 1800 clips; builds in under a minute on 2 cores.'
       ),
+    ),
+    SyntheticActionsConfig(
+      name='hard',
+      description=(
+        'Like default, with smaller figures, busier rooms, more distractors, '
+        'shake and noise (synthetic_render.HARD).'
+      ),
+      nuisance=synthetic_render.HARD,
     ),
     SyntheticActionsConfig(
       name='tiny',

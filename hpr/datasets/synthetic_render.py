@@ -36,16 +36,32 @@ _CANVAS = 192  # Drawing resolution, downsampled to the frame: anti-aliasing.
 
 @dataclasses.dataclass(frozen=True)
 class Nuisance:
-  """Difficulty knobs: how much clips vary besides the action."""
+  """Difficulty knobs: how much clips vary besides the action.
 
-  scale: tuple[float, float] = (0.55, 0.75)  # Figure height / frame height.
-  min_contrast: float = 0.25  # Least clothes-vs-room luminance difference.
-  texture: float = 0.08  # Wall and floor texture amplitude (of 1).
-  clutter: int = 4  # Most static objects in a room.
-  distractors: int = 2  # Most moving objects in a clip.
-  shake: float = 1.0  # Most camera shake, in frame pixels.
-  noise: float = 4.0  # Most pixel noise standard deviation (of 255).
-  lighting: float = 0.15  # Most relative brightness change of a clip.
+  The defaults are the 'default' builder config's; HARD is the 'hard' one.
+  """
+
+  scale: tuple[float, float] = (0.75, 0.92)  # Figure height / frame height.
+  min_contrast: float = 0.35  # Least clothes-vs-room luminance difference.
+  texture: float = 0.03  # Wall and floor texture amplitude (of 1).
+  clutter: int = 1  # Most static objects in a room.
+  distractors: int = 1  # Most moving objects in a clip.
+  shake: float = 0.5  # Most camera shake, in frame pixels.
+  noise: float = 2.0  # Most pixel noise standard deviation (of 255).
+  lighting: float = 0.1  # Most relative brightness change of a clip.
+
+
+# Smaller figures, busier rooms, more moving objects, more shake and noise.
+HARD = Nuisance(
+  scale=(0.55, 0.75),
+  min_contrast=0.25,
+  texture=0.08,
+  clutter=4,
+  distractors=2,
+  shake=1.0,
+  noise=4.0,
+  lighting=0.15,
+)
 
 
 # Angles per frame: torso (from upright), head, then the left and right limbs
