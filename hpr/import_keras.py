@@ -1,0 +1,299 @@
+r"""Imports a trained Keras ConvLSTM or LRCN model into an hpr workdir.
+
+  python -m hpr.import_keras MODEL.h5|MODEL.keras --class-names A,B,C \
+      --workdir W [--dataset NAME] [--config FILE] [--num-frames T]
+
+W then holds config.json, class_names.json, config.py and a checkpoint at
+step 0, and is evaluated, used for prediction and fine-tuned like a workdir
+that hpr trained:
+
+  python -m hpr.main --config W/config.py --workdir W --mode=evaluate
+  python -m hpr.main --config W/config.py --workdir W   # fine-tunes
+
+The file is read with h5py, zipfile and json (hpr/keras_format.py), so no
+Keras is needed and nothing from the file runs; hpr/keras_convert.py says
+which Sequential models import (the notebook's ConvLSTM and LRCN and their
+variants), exactly: softmax(hpr logits) is the Keras model's output.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import ml_collections  # noqa: E402
+
+from hpr import keras_convert, keras_format  # noqa: E402
+from hpr.errors import ConfigError, UserError  # noqa: E402
+
+
+def read(path: str, num_frames: int | None = None) -> keras_convert.Imported:
+  """Reads a Keras .h5 or .keras file as an hpr model description.
+
+  Raises:
+    UserError: the file cannot be read or holds a model hpr cannot express.
+  """
+  return keras_convert.convert(keras_format.read(path), num_frames)
+
+
+def input_shape(imported: keras_convert.Imported) -> tuple[int, ...]:
+  """(T, H, W, C) of one clip, as hpr.train_state.build_model makes it."""
+  size = imported.image_size
+  return (imported.num_frames, size, size, 3)
+
+
+def load_module(path: str, num_frames: int | None = None, *, seed: int = 0):
+  """The Keras model of `path` as an hpr nnx module, in eval mode.
+
+  Its logits' softmax is what the Keras model predicts; usable without a
+  workdir or config (notebooks, tests).
+
+  Args:
+    path: a Keras .h5 or .keras file.
+    num_frames: clip length, for models that leave it open.
+    seed: seeds the dropout streams (used only in train mode).
+  """
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from hpr import checkpoint, models
+
+  imported = read(path, num_frames)
+  # Built abstractly: random initialisation would compile a kernel per
+  # parameter shape (seconds on CPU) only for its values to be replaced.
+  model = nnx.eval_shape(
+    lambda: models.build_model(
+      imported.name,
+      imported.kwargs,
+      num_classes=imported.num_classes,
+      input_shape=input_shape(imported),
+      rngs=nnx.Rngs(seed),
+    )
+  )
+  params = nnx.state(model, nnx.Param)
+  fitted = checkpoint.fit_to(imported.params, nnx.to_pure_dict(params), path)
+  nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, fitted))
+  leaves, treedef = jax.tree.flatten(nnx.state(model, nnx.RngState))
+  key = jax.random.key(seed)
+  rngs = [
+    jax.random.fold_in(key, i)
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    else jnp.zeros(leaf.shape, leaf.dtype)
+    for i, leaf in enumerate(leaves)
+  ]
+  nnx.update(model, params, jax.tree.unflatten(treedef, rngs))
+  model.eval()
+  return model
+
+
+def make_config(
+  imported: keras_convert.Imported,
+  base: ml_collections.ConfigDict | None = None,
+  dataset: str | None = None,
+) -> ml_collections.ConfigDict:
+  """`base` (default: configs/default.py) with the imported model's keys.
+
+  Sets model.name, model.<name>.*, input.num_frames and input.image_size;
+  dataset.name when `dataset` is given. Everything else (optimizer,
+  training, input pipeline) comes from `base`.
+  """
+  from hpr import config as config_lib
+
+  if base is None:
+    config = config_lib.default_config()
+  else:
+    config = ml_collections.ConfigDict(base.to_dict())
+  config.model.name = imported.name
+  for key, value in imported.kwargs.items():
+    config.model[imported.name][key] = value
+  config.input.num_frames = imported.num_frames
+  config.input.image_size = imported.image_size
+  if dataset:
+    config.dataset.name = dataset
+  config_lib.validate(config)
+  return config
+
+
+def import_model(
+  path: str,
+  workdir: str,
+  class_names: list[str],
+  *,
+  base: ml_collections.ConfigDict | None = None,
+  dataset: str | None = None,
+  num_frames: int | None = None,
+) -> ml_collections.ConfigDict:
+  """Writes an hpr workdir holding the Keras model of `path`.
+
+  Args:
+    path: a Keras .h5 or .keras file (the whole model, not weights only).
+    workdir: a new directory (or an empty one).
+    class_names: one name per output of the model's last Dense layer.
+    base: config for everything but the model and clip shape (default:
+      configs/default.py).
+    dataset: dataset.name to evaluate and fine-tune on.
+    num_frames: clip length, for models that leave it open.
+
+  Returns:
+    The workdir's config (also in workdir/config.json and config.py).
+
+  Raises:
+    UserError: an unreadable or unsupported model, class names that do not
+      match its outputs, or a workdir that already holds a run.
+  """
+  imported = read(path, num_frames)
+  if len(class_names) != imported.num_classes:
+    raise UserError(
+      f'{path} predicts {imported.num_classes} classes, but '
+      f'{len(class_names)} class names were given'
+    )
+  config = make_config(imported, base, dataset)
+  if os.path.exists(os.path.join(workdir, 'config.json')) or os.path.exists(
+    os.path.join(workdir, 'checkpoints')
+  ):
+    raise UserError(f'{workdir} already holds a run; use a new --workdir')
+  os.makedirs(workdir, exist_ok=True)
+  from hpr import checkpoint, parallel, train_state
+
+  mesh = parallel.make_mesh()
+  ts = train_state.create_train_state(config, imported.num_classes, mesh, 1)
+  target = ts.checkpoint_tree()['model']
+  ts.load_checkpoint_tree(
+    {'model': checkpoint.fit_to(imported.params, target, path)}
+  )
+  t = config.training
+  ckpts = checkpoint.Checkpoints(
+    os.path.join(workdir, 'checkpoints'),
+    keep=t.checkpoints_to_keep,
+    monitor=t.monitor,
+  )
+  # The meta of a run that has not started: training resumes from here at
+  # epoch 0 (fine-tuning), evaluation takes this step as the only one.
+  meta = {
+    'epoch': 0,
+    'batch': 0,
+    'stopped': False,
+    'early_stopping': None,
+    'imported_from': os.path.abspath(path),
+    'keras_version': imported.source.keras_version,
+  }
+  ckpts.save(0, ts.checkpoint_tree(), meta)
+  ckpts.wait()
+  ckpts.close()
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json(indent=2))
+  with open(os.path.join(workdir, 'class_names.json'), 'w') as f:
+    json.dump(list(class_names), f)
+  with open(os.path.join(workdir, 'config.py'), 'w') as f:
+    f.write(config_file(config, path, workdir))
+  return config
+
+
+def config_file(
+  config: ml_collections.ConfigDict, path: str, workdir: str
+) -> str:
+  """A config file (`get_config()`) giving `config`: the keys that differ
+  from configs/default.py, so `--config W/config.py` finds them."""
+  from hpr import config as config_lib
+
+  default = dict(_leaves(config_lib.default_config()))
+  lines = [
+    f'"""hpr config of the Keras model {os.path.abspath(path)}',
+    '(written by hpr.import_keras).',
+    '',
+    f'  python -m hpr.main --config {workdir}/config.py --workdir {workdir} \\',
+    '      --mode=evaluate',
+    f'  python -m hpr.main --config {workdir}/config.py --workdir {workdir}',
+    '"""',
+    '',
+    'from hpr import config as config_lib',
+    '',
+    '',
+    'def get_config():',
+    '  config = config_lib.default_config()',
+  ]
+  for key, value in _leaves(config):
+    if default.get(key) != value:
+      lines.append(f'  config.{key} = {value!r}')
+  lines.append('  return config')
+  return '\n'.join(lines) + '\n'
+
+
+def _leaves(config, prefix: str = ''):
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+  def error(self, message: str) -> None:
+    _fail(ConfigError(f'{message} (see {self.prog} --help)'))
+
+
+def _fail(error: UserError) -> None:
+  print(f'hpr: error: {error}', file=sys.stderr)
+  sys.exit(error.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = _ArgumentParser(
+    prog='python -m hpr.import_keras',
+    description='Import a Keras ConvLSTM or LRCN model into an hpr workdir.',
+  )
+  parser.add_argument('model', help='Keras .h5 or .keras file (whole model)')
+  parser.add_argument(
+    '--class-names',
+    required=True,
+    help='comma-separated class names, in the order of the model outputs',
+  )
+  parser.add_argument('--workdir', required=True, help='new hpr workdir')
+  parser.add_argument(
+    '--dataset', help='dataset.name to evaluate and fine-tune on'
+  )
+  parser.add_argument(
+    '--config',
+    help='config file for everything but the model (default: '
+    'configs/default.py)',
+  )
+  parser.add_argument(
+    '--num-frames',
+    type=int,
+    help='clip length, only for models that leave it open',
+  )
+  args = parser.parse_args(argv)
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save.
+  try:
+    base = None
+    if args.config:
+      from hpr import config as config_lib
+
+      base = config_lib.load_config_file(args.config)
+    names = [n.strip() for n in args.class_names.split(',') if n.strip()]
+    config = import_model(
+      args.model,
+      args.workdir,
+      names,
+      base=base,
+      dataset=args.dataset,
+      num_frames=args.num_frames,
+    )
+  except UserError as e:
+    _fail(e)
+  print(
+    f'imported {config.model.name} ({len(names)} classes, '
+    f'{config.input.num_frames}x{config.input.image_size}x'
+    f'{config.input.image_size} clips) into {args.workdir}; evaluate with\n'
+    f'  python -m hpr.main --config {args.workdir}/config.py '
+    f'--workdir {args.workdir} --mode=evaluate'
+  )
+
+
+if __name__ == '__main__':
+  main()
