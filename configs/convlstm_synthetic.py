@@ -12,4 +12,6 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model.name = 'convlstm'
+  # A ConvLSTM step costs several LRCN steps on a CPU: fewer epochs.
+  config.training.num_epochs = 8
   return config

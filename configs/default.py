@@ -77,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.lrcn.kernel_size = (3, 3)
   m.lrcn.pool_sizes = (4, 4, 2)  # MaxPool after each conv.
   m.lrcn.dropout = 0.25  # After every conv block but the last.
-  m.lrcn.lstm_features = 32
+  m.lrcn.lstm_features = 64  # The notebook's is 32.
   # 'last': classify the last LSTM step (the notebook); 'mean': average the
   # per-step predictions (the LRCN paper).
   m.lrcn.readout = 'last'

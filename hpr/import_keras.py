@@ -96,9 +96,10 @@ def make_config(
 ) -> ml_collections.ConfigDict:
   """`base` (default: configs/default.py) with the imported model's keys.
 
-  Sets model.name, model.<name>.*, input.num_frames and input.image_size;
-  dataset.name when `dataset` is given. Everything else (optimizer,
-  training, input pipeline) comes from `base`.
+  Sets model.name, model.<name>.*, input.num_frames, input.image_size and
+  input.normalization = 'unit' (pixel / 255, what the notebook's models were
+  trained on); dataset.name when `dataset` is given. Everything else
+  (optimizer, training, the rest of the input pipeline) comes from `base`.
   """
   from hpr import config as config_lib
 
@@ -111,6 +112,7 @@ def make_config(
     config.model[imported.name][key] = value
   config.input.num_frames = imported.num_frames
   config.input.image_size = imported.image_size
+  config.input.normalization = 'unit'
   if dataset:
     config.dataset.name = dataset
   config_lib.validate(config)

@@ -55,9 +55,9 @@ def test_splits_are_by_group_and_disjoint(data_dir):
 
 def test_default_split_groups():
   split = synthetic_actions.split_groups(25)
-  assert split['train'] == list(range(1, 16))
-  assert split['validation'] == list(range(16, 20))
-  assert split['test'] == list(range(20, 26))
+  assert split['train'] == list(range(1, 19))
+  assert split['validation'] == list(range(19, 22))
+  assert split['test'] == list(range(22, 26))
   with pytest.raises(ValueError, match='at least 3 groups'):
     synthetic_actions.split_groups(2)
 

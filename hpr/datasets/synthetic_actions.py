@@ -36,7 +36,7 @@ class SyntheticActionsConfig(tfds.core.BuilderConfig):
   Attributes:
     image_size: frames are image_size x image_size.
     num_frames: frames per clip.
-    num_groups: groups (actors and rooms), split about 60/16/24 % into train,
+    num_groups: groups (actors and rooms), split about 72/12/16 % into train,
       validation and test.
     clips_per_group: clips of each class in each group.
     seed: every pixel depends on the seed and the clip's (group, class, clip).
@@ -47,7 +47,7 @@ class SyntheticActionsConfig(tfds.core.BuilderConfig):
   image_size: int = 64
   num_frames: int = 40
   num_groups: int = 25
-  clips_per_group: int = 6
+  clips_per_group: int = 5
   seed: int = 0
   fps: float = 25.0
   nuisance: synthetic_render.Nuisance = synthetic_render.Nuisance()
@@ -61,12 +61,12 @@ def split_groups(num_groups: int) -> dict[str, list[int]]:
 
   Returns:
     {'train': [...], 'validation': [...], 'test': [...]}; 25 groups give
-    1-15, 16-19 and 20-25.
+    1-18, 19-21 and 22-25.
   """
   if num_groups < 3:
     raise ValueError(f'need at least 3 groups, one per split; got {num_groups}')
-  test = max(1, round(0.24 * num_groups))
-  validation = max(1, round(0.16 * num_groups))
+  test = max(1, round(0.16 * num_groups))
+  validation = max(1, round(0.12 * num_groups))
   train = num_groups - validation - test
   groups = list(range(1, num_groups + 1))
   return {
@@ -94,8 +94,8 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
     SyntheticActionsConfig(
       name='default',
       description=(
-        "hpr's default experiment: 64x64, 40 frames, 25 groups x 6 clips x "
-        '12 classes = 1800 clips; builds in under a minute on 2 cores.'
+        "hpr's default experiment: 64x64, 40 frames, 25 groups x 5 clips x "
+        '12 classes = 1500 clips; builds in under a minute on 2 cores.'
       ),
     ),
     SyntheticActionsConfig(
