@@ -146,34 +146,44 @@ def figure_to_array(fig: plt.Figure) -> np.ndarray:
 
 
 def first_frames(
-  builder, split: str, max_classes: int = GALLERY_CLASSES
+  builder,
+  split: str,
+  max_classes: int = GALLERY_CLASSES,
+  max_examples: int = 2000,
 ) -> list[tuple[str, np.ndarray]]:
-  """The first frame of the first video of each class in `split`.
+  """The first frame of one video of each class met first in `split`.
+
+  Reads `split` in file order until `max_classes` classes (or all) are met,
+  or `max_examples` videos were read: a few dozen reads, not a pass over a
+  large dataset.
 
   Args:
     builder: a prepared TFDS video builder ('video' and 'label' features).
-    split: the split to read, in file order.
-    max_classes: at most this many classes (the first ones by label).
+    split: the split to read.
+    max_classes: at most this many classes (the notebook shows 20).
+    max_examples: stop after this many videos.
 
   Returns:
     [(class name, uint8 (H, W, 3))], in label order.
   """
-  import tensorflow as tf
   import tensorflow_datasets as tfds
 
+  from hpr import cli
+
+  tf = cli.tensorflow_on_cpu()
   names = builder.info.features['label'].names
-  wanted = set(range(min(max_classes, len(names))))
+  wanted = min(max_classes, len(names))
   found = {}
   ds = builder.as_dataset(
     split=split, decoders={'video': tfds.decode.SkipDecoding()}
   )
-  for ex in ds:
+  for ex in ds.take(max_examples):
     label = int(ex['label'])
-    if label in wanted and label not in found:
+    if label not in found:
       found[label] = tf.io.decode_image(
         ex['video'][0], channels=3, expand_animations=False
       ).numpy()
-      if len(found) == len(wanted):
+      if len(found) == wanted:
         break
   return [(names[k], found[k]) for k in sorted(found)]
 
