@@ -16,6 +16,7 @@ Prints a Markdown table for benchmarks/README.md.
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -151,6 +152,7 @@ def main() -> None:
   print('|---|---|---|---|')
   for what, stride, fps in rows:
     print(f'| {what} | {stride} | {fps:.0f} | {fps / FPS:.1f} |')
+  shutil.rmtree(tmp)
   print('\n| model | MFLOP per frame (encode) | MFLOP per window (classify) |')
   print('|---|---|---|')
   for name, per_frame, per_window in details:
