@@ -92,11 +92,22 @@ class Checkpoints:
     )['meta']
 
   def restore_untyped(self, step: int) -> tuple[Any, dict]:
-    """Restores `step` as saved (host arrays), without a target."""
+    """Restores `step` as saved, without a target, onto this process's
+    first device, whatever devices saved it (a run trained on 8 GPUs is
+    evaluated or used for prediction on a laptop)."""
+    path = os.path.join(self.directory, str(step), 'state')
+    try:
+      saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    except (OSError, ValueError, KeyError) as e:
+      raise UserError(f'cannot read checkpoint {path} ({e})') from e
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved
+    )
     restored = self._manager.restore(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
       ),
     )
     return restored['state'], restored['meta']

@@ -39,6 +39,7 @@ _POSITIVE = (
   'training.log_every_steps',
   'training.checkpoints_to_keep',
   'eval.batch_size',
+  'eval.num_test_clips',
   'model.convlstm.filters',
   'model.convlstm.kernel_size',
   'model.convlstm.pool_size',

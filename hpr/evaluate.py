@@ -1,18 +1,42 @@
-"""Evaluation: run a model over a whole split, every example exactly once."""
+"""Evaluation: run a model over a whole split, every example exactly once;
+test a checkpoint with several temporal views and write the report.
+
+`--mode=evaluate` (and the end of training) writes to WORKDIR/eval:
+  report.json      video- and clip-level metrics, per-class accuracy,
+                   confusion matrix and the protocol (dataset, split, views,
+                   frames, resolution, checkpoint step, commit);
+  predictions.npz  what the metrics were computed from: clip logits, labels
+                   and video index; video logits, labels and ids;
+  confusion.png    the confusion matrix;
+  events.out.*     the same numbers and image for TensorBoard.
+"""
 
 import json
+import math
 import os
+import re
+import subprocess
 
+import jax
 import ml_collections
 import numpy as np
+from clu import metric_writers
 
 from hpr import input_pipeline, metrics, parallel
+from hpr.errors import UserError
 
 
-def predict_split(
-  eval_fn, state, config: ml_collections.ConfigDict, builder, split: str, mesh
-) -> tuple[np.ndarray, np.ndarray]:
-  """Logits and labels of every example of `split`, in dataset order.
+def predict_clips(
+  eval_fn,
+  state,
+  config: ml_collections.ConfigDict,
+  builder,
+  split: str,
+  mesh,
+  *,
+  num_views: int = 1,
+) -> dict[str, np.ndarray]:
+  """Logits of every clip of `split`: `num_views` per example.
 
   Args:
     eval_fn: `logits(state, batch)`, e.g. from `train_state.jit_eval_step`.
@@ -21,20 +45,34 @@ def predict_split(
     builder: the prepared TFDS builder.
     split: TFDS split name.
     mesh: the device mesh.
+    num_views: temporal views per example.
 
   Returns:
-    logits float32 (N, K) and labels int32 (N,), padding removed.
+    {'logits': float32 (M, K), 'labels': int32 (M,), 'index': int32 (M,)}
+    with M = N * num_views, padding removed; `index` is the example's
+    position in `split`.
   """
-  all_logits, all_labels = [], []
-  for batch in input_pipeline.eval_batches(config, builder, split):
+  out = {'logits': [], 'labels': [], 'index': []}
+  for batch in input_pipeline.eval_batches(
+    config, builder, split, num_views=num_views
+  ):
     batch = parallel.shard_batch(
-      {k: batch[k] for k in input_pipeline.DEVICE_KEYS}, mesh
+      {k: batch[k] for k in input_pipeline.EVAL_KEYS}, mesh
     )
-    logits = parallel.gather(eval_fn(state, batch))
     mask = parallel.gather(batch['mask'])
-    all_logits.append(logits[mask])
-    all_labels.append(parallel.gather(batch['label'])[mask])
-  return np.concatenate(all_logits), np.concatenate(all_labels)
+    out['logits'].append(parallel.gather(eval_fn(state, batch))[mask])
+    out['labels'].append(parallel.gather(batch['label'])[mask])
+    out['index'].append(parallel.gather(batch['index'])[mask])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def predict_split(
+  eval_fn, state, config: ml_collections.ConfigDict, builder, split: str, mesh
+) -> tuple[np.ndarray, np.ndarray]:
+  """Logits (N, K) and labels (N,) of every example of `split` (one clip
+  each), in dataset order."""
+  clips = predict_clips(eval_fn, state, config, builder, split, mesh)
+  return clips['logits'], clips['labels']
 
 
 def evaluate_split(
@@ -45,77 +83,300 @@ def evaluate_split(
   return metrics.classification_metrics(logits, labels, num_classes)
 
 
-def evaluate(
-  config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None
-) -> dict:
-  """Tests a checkpoint of `workdir` and writes `workdir/eval/report.json`.
+def video_level(
+  logits: np.ndarray, labels: np.ndarray, index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Averages the softmax of each video's clips (Scenic's multi-view test).
 
   Args:
-    config: the experiment config.
-    workdir: a training workdir.
-    step: checkpoint step; None takes the best (by the monitored metric).
+    logits: (M, K) clip logits.
+    labels: (M,) clip labels (a video's clips share its label).
+    index: (M,) video of each clip.
 
   Returns:
-    The test split's metrics.
+    log(mean softmax) (V, K), labels (V,) and video indices (V,), sorted by
+    video index.
+  """
+  videos, inverse = np.unique(index, return_inverse=True)
+  probs = np.exp(metrics.log_softmax(logits.astype(np.float64)))
+  sums = np.zeros((len(videos), logits.shape[1]))
+  np.add.at(sums, inverse, probs)
+  counts = np.bincount(inverse, minlength=len(videos))[:, None]
+  video_labels = np.zeros(len(videos), labels.dtype)
+  video_labels[inverse] = labels
+  with np.errstate(divide='ignore'):
+    return np.log(sums / counts), video_labels, videos
+
+
+def video_ids(builder, split: str) -> list[str]:
+  """Each example's video id (its position where the dataset has none)."""
+  import tensorflow_datasets as tfds
+
+  if 'video_id' not in builder.info.features:
+    return [str(i) for i in range(builder.info.splits[split].num_examples)]
+  ds = builder.as_dataset(
+    split=split, decoders=tfds.decode.PartialDecoding({'video_id': True})
+  )
+  return [ex['video_id'].decode() for ex in tfds.as_numpy(ds)]
+
+
+def source_commit() -> str:
+  """The git commit of hpr's source ('-dirty' if changed), or 'unknown'."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    head = subprocess.run(
+      ['git', 'rev-parse', 'HEAD'],
+      cwd=here,
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+    ).stdout.strip()
+    changed = subprocess.run(
+      ['git', 'status', '--porcelain', '--untracked-files=no'],
+      cwd=here,
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+    ).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown'
+  return head + ('-dirty' if changed else '') if head else 'unknown'
+
+
+def _json_safe(value):
+  """NaN (a class absent from the split) as null: report.json stays JSON."""
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def _dumps(value) -> str:
+  """Indented JSON with each list of numbers (a confusion row) on one line."""
+  text = json.dumps(value, indent=2)
+  return re.sub(
+    r'\[\s+([^\[\]{}"]*?)\s+\]',
+    lambda m: '[' + ' '.join(m.group(1).split()) + ']',
+    text,
+  )
+
+
+def test_and_report(
+  eval_fn,
+  state,
+  config: ml_collections.ConfigDict,
+  builder,
+  mesh,
+  info: input_pipeline.DatasetInfo,
+  workdir: str,
+  step: int,
+) -> dict:
+  """Tests `state` on the test split with `eval.num_test_clips` views and
+  writes WORKDIR/eval (see the module docstring).
+
+  Returns:
+    The video-level metrics (`metrics.classification_metrics`).
+  """
+  split = config.dataset.test_split
+  views = config.eval.num_test_clips
+  clips = predict_clips(
+    eval_fn, state, config, builder, split, mesh, num_views=views
+  )
+  k = info.num_classes
+  clip_scores = metrics.classification_metrics(
+    clips['logits'], clips['labels'], k
+  )
+  logits, labels, index = video_level(
+    clips['logits'], clips['labels'], clips['index']
+  )
+  scores = metrics.classification_metrics(logits, labels, k)
+  if not parallel.is_main_process():
+    return scores
+  out_dir = os.path.join(workdir, 'eval')
+  os.makedirs(out_dir, exist_ok=True)
+  ids = np.asarray(video_ids(builder, split))[index]
+  np.savez_compressed(
+    os.path.join(out_dir, 'predictions.npz'),
+    clip_logits=clips['logits'],
+    clip_labels=clips['labels'],
+    clip_index=clips['index'],
+    video_logits=logits.astype(np.float32),
+    video_labels=labels,
+    video_index=index,
+    video_ids=ids,
+    class_names=np.asarray(info.class_names),
+  )
+  dataset_config = config.dataset.name.partition('/')[2].split(':')[0]
+  report = {
+    'metrics': scores,
+    'clip_metrics': clip_scores,
+    'per_class_accuracy': dict(
+      zip(info.class_names, scores['per_class'], strict=True)
+    ),
+    'protocol': {
+      'dataset': config.dataset.name,
+      'dataset_config': dataset_config or None,
+      'split': split,
+      'num_videos': len(index),
+      'num_clips': len(clips['index']),
+      'views': {'temporal': views, 'spatial': 1},
+      'num_frames': config.input.num_frames,
+      'sampling': config.input.eval_sampling,
+      'frame_stride': config.input.frame_stride,
+      'image_size': config.input.image_size,
+      'normalization': config.input.normalization,
+      'model': config.model.name,
+      'checkpoint_step': int(step),
+      'commit': source_commit(),
+      'jax': jax.__version__,
+    },
+    'class_names': list(info.class_names),
+    'predictions': 'predictions.npz',
+  }
+  with open(os.path.join(out_dir, 'report.json'), 'w') as f:
+    f.write(_dumps(_json_safe(report)) + '\n')
+  _write_summaries(out_dir, step, scores, clip_scores, info.class_names)
+  return scores
+
+
+def _write_summaries(out_dir, step, scores, clip_scores, class_names) -> None:
+  from hpr import plots
+
+  writer = metric_writers.create_default_writer(out_dir)
+  writer.write_scalars(
+    step,
+    {
+      'test/accuracy': scores['accuracy'],
+      'test/top5': scores['top5'],
+      'test/mean_class_accuracy': scores['mean_class_accuracy'],
+      'test/loss': scores['loss'],
+      'test/clip_accuracy': clip_scores['accuracy'],
+    },
+  )
+  title = f'test, checkpoint {step}'
+  plots.plot_confusion(
+    scores['confusion'],
+    class_names,
+    os.path.join(out_dir, 'confusion.png'),
+    title,
+  )
+  image = plots.figure_to_array(
+    plots.confusion_figure(scores['confusion'], class_names, title)
+  )
+  writer.write_images(step, {'test/confusion': image[None]})
+  writer.close()
+
+
+def choose_checkpoint(workdir: str, step: int | None):
+  """Opens WORKDIR/checkpoints read-only and picks a step.
+
+  Args:
+    workdir: a training workdir.
+    step: a saved step, or None for the best one (by the monitored
+      validation metric; the latest when none was recorded).
+
+  Returns:
+    (checkpoint.Checkpoints, step).
 
   Raises:
-    UserError: no checkpoints, an unknown step, or a checkpoint of another
-      model.
+    UserError: no checkpoints, or no checkpoint for `step`.
   """
-  from hpr import checkpoint, train_state
-  from hpr.config import validate
-  from hpr.errors import UserError
+  from hpr import checkpoint
 
-  mesh = parallel.make_mesh()
-  validate(config, num_devices=parallel.num_devices(mesh))
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
     raise UserError(f'no checkpoints in {workdir}: train there first')
   ckpts = checkpoint.Checkpoints(directory, read_only=True)
   steps = ckpts.all_steps()
   if not steps:
+    ckpts.close()
     raise UserError(f'no checkpoints in {directory}')
   if step is None:
     meta = ckpts.read_meta(max(steps))
     step = (meta.get('early_stopping') or {}).get('best_step') or max(steps)
   elif step not in steps:
+    ckpts.close()
     raise UserError(
       f'no checkpoint for step {step} in {directory}; '
       f'available: {", ".join(map(str, sorted(steps)))}'
     )
+  return ckpts, step
+
+
+def evaluate(
+  config: ml_collections.ConfigDict | None,
+  workdir: str,
+  *,
+  step: int | None = None,
+) -> dict:
+  """Tests a checkpoint of `workdir` and writes WORKDIR/eval.
+
+  Args:
+    config: the experiment config; None reads the workdir's config.json.
+    workdir: a training workdir.
+    step: checkpoint step; None takes the best (by the monitored metric).
+
+  Returns:
+    The test split's video-level metrics.
+
+  Raises:
+    UserError: no checkpoints, an unknown step, or a checkpoint of another
+      model or class count.
+  """
+  from hpr import checkpoint, train_state
+  from hpr.config import validate
+
+  if config is None:
+    config = load_workdir_config(workdir)
+  mesh = parallel.make_mesh()
+  validate(config, num_devices=parallel.num_devices(mesh))
+  ckpts, step = choose_checkpoint(workdir, step)
   builder = input_pipeline.get_builder(config.dataset)
   info = input_pipeline.get_dataset_info(config, builder)
   ts = train_state.create_train_state(config, info.num_classes, mesh, 1)
   tree, _ = ckpts.restore_untyped(step)
   target = ts.checkpoint_tree()['model']
+  what = f'checkpoint {ckpts.directory}/{step}'
   ts.load_checkpoint_tree(
-    {
-      'model': checkpoint.fit_to(
-        tree['model'], target, f'checkpoint {directory}/{step}'
-      )
-    }
+    {'model': checkpoint.fit_to(tree['model'], target, what)}
   )
-  eval_fn = train_state.jit_eval_step(ts, mesh)
-  split = config.dataset.test_split
-  logits, labels = predict_split(
-    eval_fn, ts.state, config, builder, split, mesh
-  )
-  result = metrics.classification_metrics(logits, labels, info.num_classes)
-  report = {
-    'metrics': result,
-    'protocol': {
-      'dataset': info.name,
-      'split': split,
-      'checkpoint_step': int(step),
-      'num_frames': config.input.num_frames,
-      'image_size': config.input.image_size,
-      'sampling': config.input.eval_sampling,
-    },
-    'class_names': info.class_names,
-  }
-  if parallel.is_main_process():
-    os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
-    with open(os.path.join(workdir, 'eval', 'report.json'), 'w') as f:
-      json.dump(report, f, indent=2)
   ckpts.close()
-  return result
+  eval_fn = train_state.jit_eval_step(ts, mesh)
+  return test_and_report(
+    eval_fn, ts.state, config, builder, mesh, info, workdir, step
+  )
+
+
+def _tuples(value):
+  # JSON turned the config's tuples into lists.
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return tuple(value) if isinstance(value, list) else value
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (its config.json), over the
+  defaults, so keys added to hpr since then take their default values.
+
+  Raises:
+    UserError: the directory is not a training workdir.
+  """
+  from hpr.config import default_config
+
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isdir(workdir):
+    raise UserError(f'no such workdir: {workdir}')
+  if not os.path.exists(path):
+    raise UserError(f'{workdir} is not a training workdir (no config.json)')
+  config = default_config()
+  try:
+    with open(path) as f:
+      config.update(_tuples(json.load(f)))
+  except (json.JSONDecodeError, TypeError, ValueError) as e:
+    raise UserError(f'cannot read {path} ({e})') from e
+  return config

@@ -23,6 +23,8 @@ from hpr.errors import UserError
 
 # Keys a batch carries to the devices; others stay on the host.
 DEVICE_KEYS = ('video', 'label', 'mask')
+# Evaluation batches also carry each example's position in its split.
+EVAL_KEYS = (*DEVICE_KEYS, 'index')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +104,7 @@ def get_dataset_info(
 
 
 def preprocess_ops(
-  config: ml_collections.ConfigDict, *, training: bool
+  config: ml_collections.ConfigDict, *, training: bool, num_views: int = 1
 ) -> list[video_ops.Op]:
   """The preprocessing of one example, as a list of ops."""
   i = config.input
@@ -112,6 +114,7 @@ def preprocess_ops(
       i.train_sampling if training else i.eval_sampling,
       stride=i.frame_stride,
       training=training,
+      num_views=num_views,
     ),
     video_ops.decode_frames(),
     video_ops.resize(i.image_size),
@@ -190,28 +193,44 @@ def steps_per_epoch(
   return per_process // (config.training.batch_size // jax.process_count())
 
 
-def num_eval_batches(builder, split: str, batch_size: int) -> int:
+def num_eval_batches(
+  builder, split: str, batch_size: int, num_views: int = 1
+) -> int:
   """Batches every process yields for `split`: the largest process's count."""
   parts = tfds.even_splits(split, n=jax.process_count(), drop_remainder=False)
   most = max(builder.info.splits[p].num_examples for p in parts)
-  return max(1, math.ceil(most / batch_size))
+  return max(1, math.ceil(most * num_views / batch_size))
+
+
+def _first_index(builder, split: str) -> int:
+  """Position in `split` of this process's first example."""
+  parts = tfds.even_splits(split, n=jax.process_count(), drop_remainder=False)
+  return sum(
+    builder.info.splits[p].num_examples for p in parts[: jax.process_index()]
+  )
 
 
 def eval_batches(
   config: ml_collections.ConfigDict,
   builder: tfds.core.DatasetBuilder,
   split: str,
+  *,
+  num_views: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's evaluation batches of `split`, padded and masked.
 
   Every process yields the same number of batches (padding-only batches where
-  its share runs out), as a multi-process step needs.
+  its share runs out), as a multi-process step needs. With `num_views` > 1,
+  each example gives `num_views` clips in a row (temporal views, see
+  `video_ops.frame_indices`), all with the example's `index`.
 
   Yields:
     {'video': float32 (b, T, S, S, 3), 'label': int32 (b,),
+     'index': int32 (b,) position of the example in `split`,
      'mask': bool (b,)}: mask is False for padding.
   """
   batch_size = config.eval.batch_size // jax.process_count()
+  first = _first_index(builder, split)
   ds = _with_seeds(
     _read(
       builder, tfds.split_for_jax_process(split, drop_remainder=False), None
@@ -219,14 +238,25 @@ def eval_batches(
     config.seed,
     -1,
   )
+  ds = ds.enumerate().map(
+    lambda i, ex: {**ex, 'index': tf.cast(i + first, tf.int32)}
+  )
+  if num_views > 1:
+    ds = ds.flat_map(
+      lambda ex: tf.data.Dataset.range(num_views).map(
+        lambda v: {**ex, 'view': tf.cast(v, tf.int32)}
+      )
+    )
   ds = ds.map(
-    video_ops.compose(preprocess_ops(config, training=False)),
+    video_ops.compose(
+      preprocess_ops(config, training=False, num_views=num_views)
+    ),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
-  ds = ds.map(lambda ex: {'video': ex['video'], 'label': ex['label']})
+  ds = ds.map(lambda ex: {k: ex[k] for k in ('video', 'label', 'index')})
   ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-  total = num_eval_batches(builder, split, batch_size)
+  total = num_eval_batches(builder, split, batch_size, num_views)
   shape = (
     batch_size,
     config.input.num_frames,
@@ -242,6 +272,7 @@ def eval_batches(
     yield {
       'video': np.zeros(shape, np.float32),
       'label': np.zeros((batch_size,), np.int32),
+      'index': np.zeros((batch_size,), np.int32),
       'mask': np.zeros((batch_size,), bool),
     }
 

@@ -2,8 +2,10 @@ r"""hpr's entry point: train (and resume) or evaluate an experiment.
 
   python -m hpr.main --config configs/default.py --workdir /tmp/hpr/default \
       [--config.training.batch_size=8] [--mode=evaluate]
+  python -m hpr.main --workdir /tmp/hpr/default --mode=evaluate [--step=N]
 
 Running the same command again resumes from the workdir's latest checkpoint.
+`--mode=evaluate` without --config uses the workdir's config.json.
 User mistakes (a bad config key or value, a missing file, a checkpoint of
 another model) end with one line `hpr: error: ...` and a non-zero exit code.
 """
@@ -11,7 +13,6 @@ another model) end with one line `hpr: error: ...` and a non-zero exit code.
 import logging as std_logging
 import os
 import re
-import sys
 
 # Quiet TensorFlow's C++ start-up chatter; must be set before TF loads.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -19,6 +20,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from hpr.cli import fail  # noqa: E402
 from hpr.errors import ConfigError, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -40,7 +42,7 @@ flags.DEFINE_enum(
   'train',
   ['train', 'evaluate'],
   'train: train (or resume), then test the best checkpoint. '
-  'evaluate: test a checkpoint of the workdir.',
+  'evaluate: test a checkpoint of the workdir (writes WORKDIR/eval).',
 )
 flags.DEFINE_integer(
   'step',
@@ -56,14 +58,9 @@ flags.DEFINE_bool(
 )
 
 
-def fail(error: UserError) -> None:
-  """Prints one line for a user error and exits with its code."""
-  print(f'hpr: error: {error}', file=sys.stderr)
-  sys.exit(error.exit_code)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with bad flags and config overrides as one line."""
+  _check_config_file(argv)
   try:
     return FLAGS(argv)
   except flags.Error as e:
@@ -71,6 +68,20 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (KeyError, AttributeError, TypeError, ValueError, OSError) as e:
     # ml_collections raises these for an unknown --config.key or bad value.
     fail(ConfigError(_override_error(argv, e)))
+
+
+def _check_config_file(argv: list[str]) -> None:
+  # config_flags loads the file lazily and then fails with a traceback.
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      path = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      path = argv[i + 1]
+    else:
+      continue
+    path = path.split(':', 1)[0]  # 'file.py:argument' passes an argument.
+    if not os.path.isfile(path):
+      fail(ConfigError(f'config file not found: {path}'))
 
 
 def _override_error(argv: list[str], error: Exception) -> str:
@@ -135,11 +146,17 @@ def _setup(config) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(ConfigError(f'unexpected arguments: {" ".join(argv[1:])}'))
-  if FLAGS.config is None or not FLAGS.workdir:
-    fail(ConfigError('--config and --workdir are required'))
+  if not FLAGS.workdir:
+    fail(ConfigError('--workdir is required'))
+  if FLAGS.config is None and FLAGS.mode == 'train':
+    fail(ConfigError('--config is required to train'))
   config = FLAGS.config
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
+    if config is None:
+      from hpr.evaluate import load_workdir_config
+
+      config = load_workdir_config(FLAGS.workdir)
     _setup(config)
     if FLAGS.mode == 'train':
       from hpr import train
@@ -149,12 +166,13 @@ def main(argv: list[str]) -> None:
       from hpr import evaluate
 
       result = evaluate.evaluate(config, FLAGS.workdir, step=FLAGS.step)
+      logging.info('report: %s/eval/report.json', FLAGS.workdir)
   except UserError as e:
     fail(e)
   logging.info('done: %s', FLAGS.workdir)
   print(
     f'test accuracy: {result["accuracy"]:.4f} '
-    f'({result["count"]} clips, loss {result["loss"]:.4f})'
+    f'({result["count"]} videos, loss {result["loss"]:.4f})'
   )
 
 

@@ -15,7 +15,7 @@ from absl import logging
 from clu import parameter_overview, periodic_actions
 from flax import nnx
 
-from hpr import checkpoint, input_pipeline, metrics, parallel
+from hpr import checkpoint, evaluate, input_pipeline, metrics, parallel
 from hpr.config import validate
 from hpr.errors import UserError
 from hpr.evaluate import evaluate_split
@@ -232,14 +232,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if best != step:
     tree, _ = ckpts.restore(best, ts.checkpoint_tree())
     ts.load_checkpoint_tree(tree)
-  test = evaluate_split(
-    eval_fn,
-    ts.state,
-    config,
-    builder,
-    config.dataset.test_split,
-    mesh,
-    info.num_classes,
+  # The test split with the configured views; writes workdir/eval.
+  test = evaluate.test_and_report(
+    eval_fn, ts.state, config, builder, mesh, info, workdir, best
   )
   logger.write(
     step,
@@ -252,13 +247,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logger.close()
   ckpts.close()
   logging.info(
-    'test (checkpoint %d, %d clips): accuracy %.4f loss %.4f',
+    'test (checkpoint %d, %d videos): accuracy %.4f loss %.4f',
     best,
     test['count'],
     test['accuracy'],
     test['loss'],
   )
+  if parallel.is_main_process():
+    _plot(workdir, builder, config.dataset.train_split)
   return test
+
+
+def _plot(workdir: str, builder, split: str) -> None:
+  """The figures of the run (hpr.plots); a failure only logs a warning."""
+  try:
+    from hpr import plots
+
+    paths = plots.plot_workdir(workdir, builder=builder, split=split)
+    logging.info('plots: %s', ', '.join(paths))
+  except Exception as e:  # Plots must never fail a finished run.
+    logging.warning('could not draw the plots of %s: %s', workdir, e)
 
 
 def _check_finite(loss: float, step: int, ckpts: checkpoint.Checkpoints):

@@ -32,6 +32,8 @@ def frame_indices(
   *,
   stride: int = 1,
   seed: tf.Tensor | None = None,
+  view: tf.Tensor | int = 0,
+  num_views: int = 1,
 ) -> tf.Tensor:
   """Chooses which frames of a video form the clip.
 
@@ -45,6 +47,12 @@ def frame_indices(
     stride: frame step for 'strided'.
     seed: stateless seed; None means evaluation: 'strided' takes the centred
       clip and 'segments' the middle of each segment.
+    view: in evaluation, which of `num_views` temporal views (multi-clip
+      testing): views shift 'uniform' by view / num_views of a step,
+      spread 'strided' clips evenly from the first to the last possible
+      offset, and take 'segments' frames at (view + 0.5) / num_views of each
+      segment. View 0 of 1 is the single evaluation clip above.
+    num_views: number of temporal views (evaluation only).
 
   Returns:
     int32 (T,) indices in [0, N). Videos shorter than the clip repeat their
@@ -52,13 +60,18 @@ def frame_indices(
   """
   n = tf.cast(num_video_frames, tf.int32)
   steps = tf.range(num_frames, dtype=tf.int32)
+  if seed is not None:
+    view, num_views = 0, 1  # Views are an evaluation notion.
+  view = tf.cast(view, tf.int32)
   if method == 'uniform':
-    idx = steps * n // num_frames
+    idx = (steps * num_views + view) * n // (num_frames * num_views)
   elif method == 'strided':
     span = (num_frames - 1) * stride + 1
     room = tf.maximum(n - span, 0)
-    if seed is None:
+    if seed is None and num_views == 1:
       offset = room // 2
+    elif seed is None:
+      offset = view * room // (num_views - 1)
     else:
       offset = tf.random.stateless_uniform(
         [], seed, minval=0, maxval=room + 1, dtype=tf.int32
@@ -67,7 +80,7 @@ def frame_indices(
   elif method == 'segments':
     seg = tf.cast(n, tf.float32) / num_frames
     if seed is None:
-      pos = tf.fill([num_frames], 0.5)
+      pos = tf.fill([num_frames], (tf.cast(view, tf.float32) + 0.5) / num_views)
     else:
       pos = tf.random.stateless_uniform([num_frames], seed)
     idx = tf.cast((tf.cast(steps, tf.float32) + pos) * seg, tf.int32)
@@ -77,18 +90,30 @@ def frame_indices(
 
 
 def sample_frames(
-  num_frames: int, method: str, *, stride: int = 1, training: bool
+  num_frames: int,
+  method: str,
+  *,
+  stride: int = 1,
+  training: bool,
+  num_views: int = 1,
 ) -> Op:
-  """Keeps the encoded frames of one clip: 'video' (N,) -> (T,) strings."""
+  """Keeps the encoded frames of one clip: 'video' (N,) -> (T,) strings.
+
+  In evaluation with `num_views` > 1, `features['view']` (int32 scalar)
+  says which temporal view to take.
+  """
 
   def fn(features: Features) -> Features:
     seed = _op_seed(features, _SAMPLE_SALT) if training else None
+    view = features['view'] if num_views > 1 and not training else 0
     idx = frame_indices(
       tf.shape(features['video'])[0],
       num_frames,
       method,
       stride=stride,
       seed=seed,
+      view=view,
+      num_views=num_views,
     )
     return {**features, 'video': tf.gather(features['video'], idx)}
 

@@ -49,3 +49,16 @@ def tiny_config(data_dir: str, model: str = 'lrcn'):
   config.eval.batch_size = 8
   config.jax_cache_dir = ''
   return config
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(data_dir, tmp_path_factory):
+  """A tiny LRCN trained for 2 epochs: (config, workdir, test metrics).
+
+  Shared by the evaluate, predict and plots tests; they must not change it.
+  """
+  from hpr import train
+
+  workdir = str(tmp_path_factory.mktemp('trained'))
+  config = tiny_config(data_dir)
+  return config, workdir, train.train_and_evaluate(config, workdir)

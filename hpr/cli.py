@@ -1,0 +1,54 @@
+"""What hpr's command-line tools share: one-line errors, no tracebacks.
+
+`hpr.main` parses absl flags; the smaller tools (`hpr.predict`, `hpr.plots`)
+use argparse through this module.
+"""
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+
+from hpr.errors import ConfigError, UserError
+
+
+def fail(error: UserError) -> None:
+  """Prints one line for a user error and exits with its code."""
+  print(f'hpr: error: {error}', file=sys.stderr)
+  sys.exit(error.exit_code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse, with bad arguments reported as `hpr: error: ...` (exit 2)."""
+
+  def error(self, message: str) -> None:
+    fail(ConfigError(f'{message} (see {self.prog} --help)'))
+
+
+@functools.cache
+def tensorflow_on_cpu():
+  """Imports TensorFlow with the GPUs hidden from it (otherwise it reserves
+  their memory, which JAX needs; the tools use TF only for image ops)."""
+  import tensorflow as tf
+
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TF already initialised its devices: too late.
+    pass
+  return tf
+
+
+def run(main: Callable[[], None]) -> None:
+  """Runs a tool's main(); a `UserError` ends it with one line.
+
+  The libraries' warnings (orbax on read-only checkpoints, TFDS
+  deprecations) are hidden: the tools print their results on stdout and
+  only real errors on stderr.
+  """
+  from absl import logging
+
+  logging.set_verbosity(logging.ERROR)
+  try:
+    main()
+  except UserError as e:
+    fail(e)

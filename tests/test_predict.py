@@ -1,0 +1,326 @@
+"""Prediction on video files: streaming equals the model on each window,
+annotated copies keep every frame, and bad inputs give one-line errors."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+import tensorflow as tf
+from flax import nnx
+from PIL import Image
+
+from hpr import models, predict, streaming, video_io
+from hpr.datasets import synthetic_render
+from hpr.errors import UserError
+from hpr.train_state import build_model
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+SIZE = (80, 60)  # (width, height) of the generated videos.
+
+
+def _model(name: str, **kwargs) -> nnx.Module:
+  small = {
+    'lrcn': {'conv_features': (4, 8), 'pool_sizes': (2, 2), 'lstm_features': 8},
+    'single_frame': {'conv_features': (4, 8), 'pool_sizes': (2, 2)},
+    'convlstm': {'filters': (4, 4)},
+  }[name]
+  model = models.build_model(
+    name,
+    {**small, **kwargs},
+    num_classes=5,
+    input_shape=(6, 32, 32, 3),
+    rngs=nnx.Rngs(0),
+  )
+  model.eval()
+  return model
+
+
+def _stream(model, frames, window, stride, frame_step, chunk=4):
+  """Runs `streaming` over `frames` chunk by chunk, as predict does."""
+  stream = streaming.streaming_model(model, batch=4)
+  queue = streaming.WindowQueue(window, frame_step)
+  ends_all, logits = [], []
+  for start in range(0, len(frames), chunk):
+    part = frames[start : start + chunk]
+    queue.push(stream.encode(part))
+    ends = streaming.window_ends(start + len(part), window, stride, frame_step)
+    ends = ends[ends >= start]
+    if len(ends):
+      logits.append(stream.classify_at(queue.cache, queue.indices(ends)))
+      np.testing.assert_allclose(
+        logits[-1], stream.classify(queue.windows(ends)), atol=1e-6
+      )
+      ends_all.extend(ends)
+  return stream, queue, np.asarray(ends_all), np.concatenate(logits)
+
+
+@pytest.mark.parametrize(
+  'name,kwargs,window,stride,frame_step',
+  [
+    ('lrcn', {}, 6, 1, 1),
+    ('lrcn', {'readout': 'mean'}, 4, 3, 2),
+    ('single_frame', {}, 5, 2, 1),
+    ('convlstm', {}, 6, 2, 1),
+    ('convlstm', {'head': 'avgpool'}, 4, 1, 2),
+  ],
+)
+def test_streaming_equals_the_model_on_every_window(
+  name, kwargs, window, stride, frame_step
+):
+  model = _model(name, **kwargs)
+  frames = np.random.default_rng(0).random((17, 32, 32, 3), np.float32)
+  stream, _, ends, logits = _stream(model, frames, window, stride, frame_step)
+  span = (window - 1) * frame_step
+  np.testing.assert_array_equal(ends, np.arange(span, 17, stride))
+  windows = np.stack([frames[e - span : e + 1 : frame_step] for e in ends])
+  np.testing.assert_allclose(logits, model(windows), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    stream(windows[:2]), model(windows[:2]), atol=1e-5, rtol=1e-5
+  )
+
+
+def test_short_video_window_repeats_the_last_frame():
+  model = _model('lrcn')
+  frames = np.random.default_rng(1).random((3, 32, 32, 3), np.float32)
+  stream = streaming.streaming_model(model)
+  queue = streaming.WindowQueue(6)
+  queue.push(stream.encode(frames))
+  assert len(streaming.window_ends(3, 6, 1)) == 0
+  padded = frames[[0, 1, 2, 2, 2, 2]][None]
+  np.testing.assert_allclose(
+    stream.classify_at(queue.cache, queue.padded_indices()),
+    model(padded),
+    atol=1e-5,
+  )
+
+
+def _write_video(path, class_name='Waving', num_frames=45, fps=25.0):
+  clip = synthetic_render.render_clip(
+    class_name, 30, 1, num_frames=num_frames, image_size=64
+  )
+  frames = [np.asarray(Image.fromarray(f).resize(SIZE)) for f in clip]
+  video_io.write_video(str(path), frames, fps)
+  return str(path)
+
+
+def _preprocess(frames, size):
+  video = tf.image.resize(frames, [size, size], 'bilinear', antialias=True)
+  return (tf.cast(video, tf.float32) / 255.0).numpy()
+
+
+def _softmax(x):
+  x = np.asarray(x, np.float64)
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _timeline(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def _check_annotation(predictor, video, result, stride):
+  """Output video like the input; timeline rows = model on each window."""
+  frames, fps = video_io.read_video(video)
+  out, out_fps = video_io.read_video(result['annotated'])
+  assert out.shape == frames.shape and out_fps == pytest.approx(fps)
+  # The label box is drawn top left; the rest of the frame is the video.
+  assert np.abs(out[:, :6, :30].astype(int) - frames[:, :6, :30]).mean() > 20
+  assert np.abs(out[:, 40:, 40:].astype(int) - frames[:, 40:, 40:]).mean() < 8
+  with av.open(result['annotated']) as container:
+    assert not container.streams.audio
+    codec = container.streams.video[0].codec_context
+    assert codec.name in ('h264', 'mpeg4') and codec.pix_fmt == 'yuv420p'
+
+  rows = _timeline(result['timeline'])
+  assert [int(r['frame']) for r in rows] == list(range(len(frames)))
+  x = _preprocess(frames, predictor.config.input.image_size)
+  window = predictor.config.input.num_frames
+  ends = sorted({int(r['window_end']) for r in rows})
+  assert ends == list(range(window - 1, len(frames), stride))
+  probs = _softmax(
+    predictor.module(np.stack([x[e - window + 1 : e + 1] for e in ends]))
+  )
+  by_end = dict(zip(ends, probs, strict=True))
+  for r in rows:
+    p = by_end[int(r['window_end'])]
+    assert int(r['window_start']) == int(r['window_end']) - window + 1
+    # The latest window that ends at or before the frame (the first
+    # window for the frames before it).
+    lag = int(r['frame']) - int(r['window_end'])
+    assert 0 <= lag < stride or (lag < 0 and int(r['window_end']) == ends[0])
+    assert r['label'] == predictor.class_names[int(np.argmax(p))]
+    assert float(r['confidence']) == pytest.approx(p.max(), abs=1e-4)
+
+  # The whole-video prediction: one clip sampled as the test split is.
+  idx = predictor.clip_indices(len(frames))
+  whole = _softmax(predictor.module(x[idx][None]))[0]
+  top = result['top_k']
+  assert [t['class'] for t in top] == [
+    predictor.class_names[k] for k in np.argsort(-whole)[: len(top)]
+  ]
+  np.testing.assert_allclose(
+    [t['confidence'] for t in top], np.sort(whole)[::-1][: len(top)], atol=1e-5
+  )
+
+
+@pytest.fixture(scope='module')
+def videos(tmp_path_factory):
+  d = tmp_path_factory.mktemp('videos')
+  return {
+    'wave': _write_video(d / 'wave.mp4'),
+    'squat': _write_video(d / 'squat.mp4', 'Squats', 30, fps=30000 / 1001),
+    'short': _write_video(d / 'short.mp4', num_frames=3),
+  }
+
+
+def test_predict_and_annotate_trained_lrcn(trained_workdir, videos, tmp_path):
+  predictor = predict.load_predictor(trained_workdir[1])
+  assert predictor.config.model.name == 'lrcn'
+  for name, stride in (('wave', 1), ('squat', 4)):
+    result = predict.predict_video(
+      predictor,
+      videos[name],
+      top_k=3,
+      annotate=str(tmp_path / f'{name}.mp4'),
+      stride=stride,
+    )
+    assert (result['width'], result['height']) == SIZE
+    assert result['timeline'] == str(tmp_path / f'{name}.csv')
+    _check_annotation(predictor, videos[name], result, stride)
+
+
+def test_convlstm_predictor_recomputes_windows_exactly(
+  data_dir, videos, tmp_path
+):
+  config = tiny_config(data_dir, 'convlstm')
+  model = build_model(config, 12)
+  model.eval()
+  predictor = predict.Predictor(
+    config,
+    list(synthetic_render.CLASS_NAMES),
+    0,
+    streaming.streaming_model(model),
+    model,
+  )
+  result = predict.predict_video(
+    predictor, videos['squat'], annotate=str(tmp_path / 'c.mp4'), stride=2
+  )
+  _check_annotation(predictor, videos['squat'], result, 2)
+
+
+def test_short_video_policy(trained_workdir, videos, tmp_path):
+  predictor = predict.load_predictor(trained_workdir[1])
+  out = str(tmp_path / 'short.mp4')
+  result = predict.predict_video(predictor, videos['short'], annotate=out)
+  assert result['num_frames'] == 3
+  assert video_io.read_video(out)[0].shape == (3, SIZE[1], SIZE[0], 3)
+  rows = _timeline(result['timeline'])
+  assert len(rows) == 3 and {r['window_end'] for r in rows} == {'2'}
+  os.remove(out)
+  with pytest.raises(UserError, match='has 3 frames, fewer than the 6'):
+    predict.predict_video(
+      predictor, videos['short'], annotate=out, short_video='error'
+    )
+  assert not os.path.exists(out)  # No half-written output is left.
+
+
+def test_cli_json_and_annotate_directory(trained_workdir, videos, tmp_path):
+  run = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'hpr.predict',
+      f'--workdir={trained_workdir[1]}',
+      videos['wave'],
+      videos['squat'],
+      '--json',
+      '--top_k=2',
+      f'--annotate={tmp_path / "out"}',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+  )
+  assert run.returncode == 0, run.stderr
+  report = json.loads(run.stdout)
+  assert report['model'] == 'lrcn'
+  got = report['videos']
+  assert [v['num_frames'] for v in got] == [45, 30]
+  assert all(len(v['top_k']) == 2 for v in got)
+  assert os.path.exists(tmp_path / 'out' / 'wave.annotated.mp4')
+  assert len(_timeline(tmp_path / 'out' / 'squat.annotated.csv')) == 30
+
+
+def test_table_output(trained_workdir, videos, capsys):
+  predict.main(['--workdir', trained_workdir[1], videos['wave']])
+  out = capsys.readouterr().out
+  assert out.startswith(f'{videos["wave"]}: 45 frames, 80x60, 25.00 fps')
+  assert len([line for line in out.splitlines() if '%' in line]) == 5
+
+
+def _bad_workdir(trained_workdir, tmp_path, num_classes):
+  workdir = tmp_path / 'other'
+  workdir.mkdir(parents=True)
+  shutil.copy(os.path.join(trained_workdir[1], 'config.json'), workdir)
+  with open(workdir / 'class_names.json', 'w') as f:
+    json.dump([f'c{i}' for i in range(num_classes)], f)
+  return workdir
+
+
+def test_bad_inputs_are_user_errors(trained_workdir, videos, tmp_path):
+  workdir = trained_workdir[1]
+  text = tmp_path / 'notes.mp4'
+  text.write_text('not a video')
+  empty = _bad_workdir(trained_workdir, tmp_path, 12)
+  cases = [
+    ([str(tmp_path / 'missing.mp4')], 'no such video file'),
+    ([str(text)], 'cannot read .*notes.mp4 as a video'),
+    ([videos['short'], '--short_video=error'], 'fewer than the 6'),
+    ([videos['wave'], '--window=0'], '--window must be at least 1'),
+    (
+      [videos['wave'], videos['squat'], f'--annotate={tmp_path / "a.mp4"}'],
+      'pass a directory',
+    ),
+    ([videos['wave'], f'--annotate={videos["wave"]}'], 'would overwrite'),
+  ]
+  for args, message in cases:
+    with pytest.raises(UserError, match=message) as info:
+      predict.main(['--workdir', workdir, *args])
+    assert '\n' not in str(info.value)
+  with pytest.raises(UserError, match='no checkpoints in'):
+    predict.main(['--workdir', str(empty), videos['wave']])
+  with pytest.raises(UserError, match='not a training workdir'):
+    predict.main(['--workdir', str(tmp_path), videos['wave']])
+  # A checkpoint for 12 classes, a workdir that says 10.
+  ten = _bad_workdir(trained_workdir, tmp_path / 'x', 10)
+  os.symlink(os.path.join(workdir, 'checkpoints'), ten / 'checkpoints')
+  with pytest.raises(UserError, match='different model or number of classes'):
+    predict.main(['--workdir', str(ten), videos['wave']])
+
+
+def test_cli_errors_are_one_line(trained_workdir, videos, tmp_path):
+  empty = _bad_workdir(trained_workdir, tmp_path, 12)
+  for args, code, message in (
+    ([f'--workdir={empty}', videos['wave']], 1, 'no checkpoints in'),
+    ([f'--workdir={empty}', '--top_k=x', videos['wave']], 2, 'top_k'),
+  ):
+    run = subprocess.run(
+      [sys.executable, '-m', 'hpr.predict', *args],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=300,
+    )
+    assert run.returncode == code, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith('hpr: error:') and message in last, run.stderr
+    assert 'Traceback' not in run.stderr and not run.stdout
