@@ -33,7 +33,8 @@ from hpr.errors import UserError  # noqa: E402
 # Frames decoded, preprocessed and encoded together.
 CHUNK = 16
 # input.normalization modes that treat every frame alone, so that a frame
-# is preprocessed once, whatever window it is part of.
+# is preprocessed once, whatever window it is part of. 'clip_centered'
+# subtracts each window's mean frame inside the streaming model instead.
 PER_FRAME_NORMALIZATIONS = ('unit', 'centered')
 
 
@@ -53,9 +54,13 @@ class Predictor:
 
     tf = cli.tensorflow_on_cpu()
     i = self.config.input
-    ops = [video_ops.resize(i.image_size), video_ops.normalize(i.normalization)]
     features = {'video': tf.convert_to_tensor(frames)}
-    return video_ops.compose(ops)(features)['video'].numpy()
+    features = video_ops.resize(i.image_size)(features)
+    if i.normalization not in PER_FRAME_NORMALIZATIONS:
+      # 'clip_centered': pixel / 64 here; the streaming model subtracts each
+      # window's mean frame (see streaming.streaming_model).
+      return (features['video'] / 64.0).numpy()
+    return video_ops.normalize(i.normalization)(features)['video'].numpy()
 
   def clip_indices(self, num_frames: int) -> np.ndarray:
     """The frames of the whole-video clip (input.eval_sampling)."""
@@ -80,12 +85,6 @@ def load_predictor(workdir: str, step: int | None = None) -> Predictor:
   from hpr import checkpoint, evaluate, train_state
 
   config = evaluate.load_workdir_config(workdir)
-  if config.input.normalization not in PER_FRAME_NORMALIZATIONS:
-    raise UserError(
-      f'hpr.predict does not support input.normalization '
-      f"'{config.input.normalization}' yet (only "
-      f'{", ".join(PER_FRAME_NORMALIZATIONS)})'
-    )
   names_path = os.path.join(workdir, 'class_names.json')
   if not os.path.exists(names_path):
     raise UserError(f'{workdir} has no class_names.json')
@@ -105,7 +104,14 @@ def load_predictor(workdir: str, step: int | None = None) -> Predictor:
   nnx.replace_by_pure_dict(params, fitted)
   model = nnx.merge(graphdef, rng, params)
   return Predictor(
-    config, class_names, step, streaming.streaming_model(model), model
+    config,
+    class_names,
+    step,
+    streaming.streaming_model(
+      model,
+      center_windows=config.input.normalization not in PER_FRAME_NORMALIZATIONS,
+    ),
+    model,
   )
 
 

@@ -99,6 +99,11 @@ def _model_classify(model, frames: Array) -> Array:
   return model(frames)
 
 
+def _centered_classify(model, frames: Array) -> Array:
+  # frames: (B, T, S, S, 3) pixel / 64 -> minus each window's mean frame.
+  return model(frames - jnp.mean(frames, axis=1, keepdims=True))
+
+
 # Model class -> (encode, classify, keep frames for the whole-video clip).
 # A model not listed here is run on every window of frames.
 _SPLITS = {
@@ -152,13 +157,19 @@ def _pad(x: np.ndarray, multiple: int) -> np.ndarray:
   return np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
 
 
-def streaming_model(model: nnx.Module, *, batch: int = 16) -> StreamingModel:
+def streaming_model(
+  model: nnx.Module, *, batch: int = 16, center_windows: bool = False
+) -> StreamingModel:
   """Splits `model` (in eval mode) into per-frame and per-window parts.
 
   Args:
     model: an hpr model; its dropout is switched off here.
     batch: frames per `encode` call and windows per `classify` call are
       padded to multiples of this (fewer compilations).
+    center_windows: subtract each window's mean frame before the model
+      (input.normalization 'clip_centered'; frames come in as pixel / 64).
+      A frame's input then depends on its window, so nothing per frame can
+      be cached: every window runs the whole model.
 
   Returns:
     The `StreamingModel`.
@@ -167,6 +178,12 @@ def streaming_model(model: nnx.Module, *, batch: int = 16) -> StreamingModel:
   encode, classify, keep_frames = _SPLITS.get(
     type(model), (_identity_encode, _model_classify, True)
   )
+  if center_windows:
+    encode, classify, keep_frames = (
+      _identity_encode,
+      _centered_classify,
+      True,
+    )
   graphdef, state = nnx.split(model)
 
   def bind(fn):

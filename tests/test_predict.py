@@ -112,7 +112,14 @@ def _write_video(path, class_name='Waving', num_frames=45, fps=25.0):
 
 def _preprocess(frames, size):
   video = tf.image.resize(frames, [size, size], 'bilinear', antialias=True)
-  return (tf.cast(video, tf.float32) / 255.0).numpy()
+  return tf.cast(video, tf.float32).numpy()
+
+
+def _normalize(clips, mode):
+  """Clips (B, T, S, S, 3) of pixel values as input.normalization says."""
+  if mode == 'clip_centered':
+    return (clips - clips.mean(axis=1, keepdims=True)) / 64.0
+  return clips / 255.0 if mode == 'unit' else clips / 127.5 - 1.0
 
 
 def _softmax(x):
@@ -145,9 +152,9 @@ def _check_annotation(predictor, video, result, stride):
   window = predictor.config.input.num_frames
   ends = sorted({int(r['window_end']) for r in rows})
   assert ends == list(range(window - 1, len(frames), stride))
-  probs = _softmax(
-    predictor.module(np.stack([x[e - window + 1 : e + 1] for e in ends]))
-  )
+  mode = predictor.config.input.normalization
+  windows = np.stack([x[e - window + 1 : e + 1] for e in ends])
+  probs = _softmax(predictor.module(_normalize(windows, mode)))
   by_end = dict(zip(ends, probs, strict=True))
   for r in rows:
     p = by_end[int(r['window_end'])]
@@ -161,7 +168,7 @@ def _check_annotation(predictor, video, result, stride):
 
   # The whole-video prediction: one clip sampled as the test split is.
   idx = predictor.clip_indices(len(frames))
-  whole = _softmax(predictor.module(x[idx][None]))[0]
+  whole = _softmax(predictor.module(_normalize(x[idx][None], mode)))[0]
   top = result['top_k']
   assert [t['class'] for t in top] == [
     predictor.class_names[k] for k in np.argsort(-whole)[: len(top)]
@@ -197,17 +204,23 @@ def test_predict_and_annotate_trained_lrcn(trained_workdir, videos, tmp_path):
     _check_annotation(predictor, videos[name], result, stride)
 
 
+@pytest.mark.parametrize('normalization', ['unit', 'clip_centered'])
 def test_convlstm_predictor_recomputes_windows_exactly(
-  data_dir, videos, tmp_path
+  data_dir, videos, tmp_path, normalization
 ):
+  # 'unit' takes the per-frame cache of the first layer's input convolution;
+  # 'clip_centered' runs the whole model on every centred window.
   config = tiny_config(data_dir, 'convlstm')
+  config.input.normalization = normalization
   model = build_model(config, 12)
   model.eval()
   predictor = predict.Predictor(
     config,
     list(synthetic_render.CLASS_NAMES),
     0,
-    streaming.streaming_model(model),
+    streaming.streaming_model(
+      model, center_windows=normalization == 'clip_centered'
+    ),
     model,
   )
   result = predict.predict_video(
