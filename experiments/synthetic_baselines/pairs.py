@@ -1,6 +1,6 @@
 """Per-class and time-reversed-pair test accuracy of a trained workdir.
 
-  python experiments/synthetic_baselines/pairs.py WORKDIR
+  python -m experiments.synthetic_baselines.pairs WORKDIR
 
 Reads WORKDIR/config.json, evaluates the best checkpoint on the test split
 (hpr.evaluate) and prints the accuracy on each time-reversed pair: among the
@@ -11,7 +11,6 @@ import json
 import os
 import sys
 
-import ml_collections
 import numpy as np
 
 
@@ -20,8 +19,7 @@ def main(workdir: str) -> None:
   from hpr import evaluate
   from hpr.datasets import synthetic_render
 
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = evaluate.load_workdir_config(workdir)
   result = evaluate.evaluate(config, workdir)
   confusion = np.asarray(result['confusion'])
   names = list(synthetic_render.CLASS_NAMES)

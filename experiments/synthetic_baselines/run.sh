@@ -8,5 +8,5 @@ out=${1:-/tmp/hpr/synthetic_baselines}
 for name in lrcn_synthetic convlstm_synthetic single_frame_synthetic; do
   /usr/bin/time -f "$name: %e s wall" \
     python -m hpr.main --config "configs/$name.py" --workdir "$out/$name"
-  python experiments/synthetic_baselines/pairs.py "$out/$name"
+  python -m experiments.synthetic_baselines.pairs "$out/$name"
 done
