@@ -517,6 +517,23 @@ def test_imported_workdir_evaluates_and_fine_tunes(
   assert result['loss'] == pytest.approx(keras_loss, rel=1e-5)
   assert result['accuracy'] == (probs.argmax(-1) == labels).mean()
 
+  # hpr.predict on a video file gives Keras's softmax on the same clip.
+  from hpr import predict, video_io
+  from hpr.datasets import synthetic_render
+
+  frames = synthetic_render.render_clip('Waving', 9, 1, num_frames=15)
+  video = str(tmp_path / 'wave.mp4')
+  video_io.write_video(video, list(frames), 25.0)
+  predictor = predict.load_predictor(workdir)
+  got = predict.predict_video(predictor, video, top_k=12)
+  decoded, _ = video_io.read_video(video)
+  clip = predictor.preprocess(decoded[predictor.clip_indices(len(decoded))])
+  want = keras_softmax(model, clip[None])[0]
+  by_class = {t['class']: t['confidence'] for t in got['top_k']}
+  np.testing.assert_allclose(
+    [by_class[n] for n in names], want, rtol=0, atol=1e-5
+  )
+
   # Fine-tuning resumes from the imported checkpoint (step 0).
   config.training.num_epochs = 1
   absl_verbosity.set_verbosity(absl_verbosity.INFO)
