@@ -59,9 +59,7 @@ def make_predictor(name: str) -> predict.Predictor:
   names = list(synthetic_render.CLASS_NAMES)
   model = build_model(config, len(names))
   model.eval()
-  return predict.Predictor(
-    config, names, 0, streaming.streaming_model(model), model
-  )
+  return predict.make_predictor(config, names, 0, model)
 
 
 def flops(predictor: predict.Predictor) -> tuple[float, float]:
@@ -70,7 +68,10 @@ def flops(predictor: predict.Predictor) -> tuple[float, float]:
   config = predictor.config.input
   graphdef, state = nnx.split(model)
   size, t = config.image_size, config.num_frames
-  encode, classify, _ = streaming._SPLITS[type(model)]
+  if config.normalization in predict.PER_FRAME_NORMALIZATIONS:
+    encode, classify, _ = streaming._SPLITS[type(model)]
+  else:  # Windows are centred: the whole model runs on every window.
+    encode, classify = streaming._identity_encode, streaming._centered_classify
 
   def cost(fn, x):
     jitted = jax.jit(lambda s, x: fn(nnx.merge(graphdef, s), x))

@@ -103,14 +103,18 @@ def load_predictor(workdir: str, step: int | None = None) -> Predictor:
   )
   nnx.replace_by_pure_dict(params, fitted)
   model = nnx.merge(graphdef, rng, params)
+  return make_predictor(config, class_names, step, model)
+
+
+def make_predictor(config, class_names: list[str], step: int, model):
+  """A `Predictor` for `model` (restored or not), streamed as the config's
+  input.normalization allows."""
+  center = config.input.normalization not in PER_FRAME_NORMALIZATIONS
   return Predictor(
     config,
     class_names,
     step,
-    streaming.streaming_model(
-      model,
-      center_windows=config.input.normalization not in PER_FRAME_NORMALIZATIONS,
-    ),
+    streaming.streaming_model(model, center_windows=center),
     model,
   )
 
