@@ -56,7 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = m = ml_collections.ConfigDict()
   m.name = 'lrcn'  # One of hpr.models.MODELS: convlstm, lrcn, single_frame.
   # Keyword arguments of each model's constructor; only the chosen one is
-  # used. The defaults are the notebook's networks.
+  # used. ConvLSTM is the notebook's network; LRCN and SingleFrame share a
+  # smaller encoder (see below).
   m.convlstm = ml_collections.ConfigDict()
   m.convlstm.filters = (4, 8, 14, 16)  # One ConvLSTM2D layer per entry.
   m.convlstm.kernel_size = (3, 3)
