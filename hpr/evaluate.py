@@ -123,23 +123,20 @@ def video_ids(builder, split: str) -> list[str]:
 def source_commit() -> str:
   """The git commit of hpr's source ('-dirty' if changed), or 'unknown'."""
   here = os.path.dirname(os.path.abspath(__file__))
+
+  def git(*args: str) -> str:
+    return subprocess.run(
+      ['git', *args],
+      cwd=here,
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+    ).stdout.strip()
+
   try:
-    head = subprocess.run(
-      ['git', 'rev-parse', 'HEAD'],
-      cwd=here,
-      capture_output=True,
-      text=True,
-      timeout=10,
-      check=True,
-    ).stdout.strip()
-    changed = subprocess.run(
-      ['git', 'status', '--porcelain', '--untracked-files=no'],
-      cwd=here,
-      capture_output=True,
-      text=True,
-      timeout=10,
-      check=True,
-    ).stdout.strip()
+    head = git('rev-parse', 'HEAD')
+    changed = git('status', '--porcelain', '--untracked-files=no')
   except (OSError, subprocess.SubprocessError):
     return 'unknown'
   return head + ('-dirty' if changed else '') if head else 'unknown'

@@ -61,34 +61,12 @@ def _single_frame_classify(model: SingleFrame, log_probs: Array) -> Array:
 
 def _convlstm_encode(model: ConvLSTMClassifier, frames: Array) -> Array:
   # frames: (n, S, S, 3) -> first layer's input projection: (n, H', W', 4F)
-  return model.convlstms[0].cell.project_inputs(frames)
+  return model.input_projection(frames)
 
 
 def _convlstm_classify(model: ConvLSTMClassifier, gates: Array) -> Array:
-  # gates: (B, T, H', W', 4F) -> logits: (B, K); ConvLSTMClassifier.__call__
-  # with the first layer's input projection already done.
-  x = gates
-  for i, convlstm in enumerate(model.convlstms):
-    if i == 0:
-      x = _scan_from_gates(convlstm.cell, x, convlstm.return_sequences)
-    else:
-      x = convlstm(x)
-    x = layers.max_pool(x, model.pool_size, 'same')
-    if i < len(model.dropouts):
-      x = model.dropouts[i](x)
-  if model.head == 'flatten':
-    x = x.reshape(x.shape[0], -1)
-  else:
-    x = jnp.mean(x, axis=(1, 2, 3))
-  return model.dense(x)
-
-
-def _scan_from_gates(cell, gates: Array, return_sequences: bool) -> Array:
-  """`layers.run_lstm` (inference) from precomputed input projections."""
-  gates = jnp.swapaxes(gates, 0, 1)  # (T, B, ..., 4F), time-major.
-  h = jnp.zeros(gates.shape[1:-1] + (gates.shape[-1] // 4,), gates.dtype)
-  (_, h), hs = jax.lax.scan(lambda c, g: cell.step(c, g), (h, h), gates)
-  return jnp.swapaxes(hs, 0, 1) if return_sequences else h
+  # gates: (B, T, H', W', 4F) -> logits: (B, K)
+  return model.from_input_projection(gates)
 
 
 def _identity_encode(model, frames: Array) -> Array:

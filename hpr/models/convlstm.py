@@ -146,6 +146,12 @@ class ConvLSTM(nnx.Module):
   def __call__(self, x: Array) -> Array:
     return layers.run_lstm(self.cell, x, return_sequences=self.return_sequences)
 
+  def from_projection(self, gates_x: Array) -> Array:
+    """The layer's output from `self.cell.project_inputs(x)`."""
+    return layers.run_lstm_projected(
+      self.cell, gates_x, return_sequences=self.return_sequences
+    )
+
 
 class ConvLSTMClassifier(nnx.Module):
   """The notebook's ConvLSTM network: stacked ConvLSTM layers -> Dense.
@@ -238,8 +244,20 @@ class ConvLSTMClassifier(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     # x: (B, T, H, W, C) -> logits: (B, num_classes)
+    return self.from_input_projection(self.input_projection(x))
+
+  def input_projection(self, x: Array) -> Array:
+    """The first layer's input convolution, (..., H, W, C) -> (..., H', W',
+    4F): the only part that sees each frame on its own."""
+    return self.convlstms[0].cell.project_inputs(x)
+
+  def from_input_projection(self, gates_x: Array) -> Array:
+    """Logits (B, num_classes) from `input_projection` of a (B, T, ...)
+    clip."""
+    x = gates_x
     for i, convlstm in enumerate(self.convlstms):
-      x = layers.max_pool(convlstm(x), self.pool_size, 'same')
+      x = convlstm.from_projection(x) if i == 0 else convlstm(x)
+      x = layers.max_pool(x, self.pool_size, 'same')
       if i < len(self.dropouts):
         x = self.dropouts[i](x)
     if self.head == 'flatten':

@@ -320,10 +320,30 @@ def run_lstm(
   Returns:
     (B, T, *features_out) if return_sequences else (B, *features_out).
   """
-  # x: (B, T, ...) -> gates_x: (T, B, ..., 4F), time-major for the scan.
-  gates_x = jnp.swapaxes(cell.project_inputs(x), 0, 1)
+  return run_lstm_projected(
+    cell,
+    cell.project_inputs(x),
+    return_sequences=return_sequences,
+    unroll=unroll,
+  )
+
+
+def run_lstm_projected(
+  cell: KerasLSTMCellBase,
+  gates_x: Array,
+  *,
+  return_sequences: bool = True,
+  unroll: int = 1,
+) -> Array:
+  """`run_lstm` from precomputed `cell.project_inputs(x)`: (B, T, ..., 4F).
+
+  Lets a caller compute the input projection once per frame and reuse it
+  (hpr.streaming); the recurrence, dropout and outputs are `run_lstm`'s.
+  """
+  # (B, T, ..., 4F) -> (T, B, ..., 4F), time-major for the scan.
+  gates_x = jnp.swapaxes(gates_x, 0, 1)
   # Zero initial state, shaped like one step's output: (B, ..., F).
-  h = jnp.zeros(gates_x.shape[1:-1] + (gates_x.shape[-1] // 4,), x.dtype)
+  h = jnp.zeros(gates_x.shape[1:-1] + (gates_x.shape[-1] // 4,), gates_x.dtype)
   mask = cell.recurrent_dropout_mask(h)
 
   def body(carry, gates_x_t):
