@@ -6,6 +6,7 @@ use argparse through this module.
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable
 
@@ -36,6 +37,18 @@ def tensorflow_on_cpu():
   except RuntimeError:  # TF already initialised its devices: too late.
     pass
   return tf
+
+
+def enable_compilation_cache(path: str) -> None:
+  """Turns on JAX's persistent compilation cache in `path` ('' leaves it
+  off), so a second run of the same config skips XLA compilation."""
+  if not path:
+    return
+  import jax
+
+  jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+  # Cache every compilation that takes noticeable time (default: > 1 s).
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
 def run(main: Callable[[], None]) -> None:

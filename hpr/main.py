@@ -20,6 +20,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from hpr import cli  # noqa: E402
 from hpr.cli import fail  # noqa: E402
 from hpr.errors import ConfigError, UserError  # noqa: E402
 
@@ -136,11 +137,7 @@ def _setup(config) -> None:
   tf.config.set_visible_devices([], 'GPU')
   if FLAGS.jax_distributed or 'JAX_COORDINATOR_ADDRESS' in os.environ:
     jax.distributed.initialize()
-  if config.jax_cache_dir:
-    jax.config.update(
-      'jax_compilation_cache_dir', os.path.expanduser(config.jax_cache_dir)
-    )
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  cli.enable_compilation_cache(config.jax_cache_dir)
 
 
 def main(argv: list[str]) -> None:

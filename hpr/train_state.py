@@ -138,9 +138,11 @@ def create_train_state(
   num_classes: int,
   mesh,
   steps_per_epoch: int,
+  model: nnx.Module | None = None,
 ) -> TrainState:
-  """Builds the model, optimizer and metrics from the config."""
-  model = build_model(config, num_classes)
+  """Builds the model (unless given), optimizer and metrics from the
+  config."""
+  model = build_model(config, num_classes) if model is None else model
   tx = optim.make_optimizer(
     config.optimizer,
     steps_per_epoch=steps_per_epoch,

@@ -12,6 +12,18 @@ from hpr.models import layers
 Array = jax.Array
 
 
+@jax.checkpoint
+def _recurrent_conv(h: Array, kernel: Array) -> Array:
+  """The recurrent 'same' convolution, rematerialised in the backward pass.
+
+  Inside `jax.lax.scan` autodiff would otherwise keep every step's im2col
+  patches (9x the size of h) for the backward pass; recomputing them from h
+  costs less than writing and reading them back (~20% of a ConvLSTM training
+  step on CPU, benchmarks/README.md). The result is identical.
+  """
+  return layers.conv2d(h, kernel, (1, 1), 'same')
+
+
 class ConvLSTMCell(layers.KerasLSTMCellBase):
   """Keras `ConvLSTM2D` cell, usable on its own or through `nnx.RNN`.
 
@@ -85,7 +97,7 @@ class ConvLSTMCell(layers.KerasLSTMCellBase):
 
   def project_hidden(self, h: Array) -> Array:
     # h: (..., H', W', F) -> (..., H', W', 4F)
-    return layers.conv2d(h, self.recurrent_kernel[...], (1, 1), 'same')
+    return _recurrent_conv(h, self.recurrent_kernel[...])
 
   def output_spatial_shape(self, height: int, width: int) -> tuple[int, int]:
     """(H', W') of the cell's output for an (H, W) input."""
@@ -123,6 +135,7 @@ class ConvLSTM(nnx.Module):
     kernel_size: Sequence[int] = (3, 3),
     *,
     return_sequences: bool = True,
+    unroll: int | bool = 1,
     rngs: nnx.Rngs,
     **cell_kwargs,
   ):
@@ -133,6 +146,8 @@ class ConvLSTM(nnx.Module):
       features: output channels (Keras' `filters`).
       kernel_size: (kh, kw).
       return_sequences: return every step, or only the last.
+      unroll: `jax.lax.scan` unroll factor (True unrolls every step; the
+        benchmarks do so to count FLOPs, which XLA counts once per loop).
       rngs: 'params' for the weights, 'dropout' for recurrent dropout.
       **cell_kwargs: the other `ConvLSTMCell` arguments (strides, padding,
         activation, recurrent_activation, recurrent_dropout, use_bias,
@@ -142,14 +157,18 @@ class ConvLSTM(nnx.Module):
       in_features, features, kernel_size, rngs=rngs, **cell_kwargs
     )
     self.return_sequences = return_sequences
+    self.unroll = unroll
 
   def __call__(self, x: Array) -> Array:
-    return layers.run_lstm(self.cell, x, return_sequences=self.return_sequences)
+    return self.from_projection(self.cell.project_inputs(x))
 
   def from_projection(self, gates_x: Array) -> Array:
     """The layer's output from `self.cell.project_inputs(x)`."""
     return layers.run_lstm_projected(
-      self.cell, gates_x, return_sequences=self.return_sequences
+      self.cell,
+      gates_x,
+      return_sequences=self.return_sequences,
+      unroll=self.unroll,
     )
 
 

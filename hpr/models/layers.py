@@ -303,7 +303,7 @@ def run_lstm(
   x: Array,
   *,
   return_sequences: bool = True,
-  unroll: int = 1,
+  unroll: int | bool = 1,
 ) -> Array:
   """Runs an LSTM cell over time with the input projection hoisted.
 
@@ -315,7 +315,7 @@ def run_lstm(
     cell: the cell.
     x: (B, T, *features_in).
     return_sequences: return every step's h, or only the last.
-    unroll: `jax.lax.scan` unroll factor.
+    unroll: `jax.lax.scan` unroll factor (True: every step).
 
   Returns:
     (B, T, *features_out) if return_sequences else (B, *features_out).
@@ -333,7 +333,7 @@ def run_lstm_projected(
   gates_x: Array,
   *,
   return_sequences: bool = True,
-  unroll: int = 1,
+  unroll: int | bool = 1,
 ) -> Array:
   """`run_lstm` from precomputed `cell.project_inputs(x)`: (B, T, ..., 4F).
 
@@ -410,6 +410,7 @@ class LSTM(nnx.Module):
     features: int,
     *,
     return_sequences: bool = False,
+    unroll: int | bool = 1,
     rngs: nnx.Rngs,
     **cell_kwargs,
   ):
@@ -419,12 +420,16 @@ class LSTM(nnx.Module):
       in_features: input size.
       features: hidden size (Keras' `units`).
       return_sequences: return every step, or only the last.
+      unroll: `jax.lax.scan` unroll factor (True: every step).
       rngs: 'params' for the weights, 'dropout' for recurrent dropout.
       **cell_kwargs: the other `LSTMCell` arguments (activation,
         recurrent_activation, recurrent_dropout, use_bias, unit_forget_bias).
     """
     self.cell = LSTMCell(in_features, features, rngs=rngs, **cell_kwargs)
     self.return_sequences = return_sequences
+    self.unroll = unroll
 
   def __call__(self, x: Array) -> Array:
-    return run_lstm(self.cell, x, return_sequences=self.return_sequences)
+    return run_lstm(
+      self.cell, x, return_sequences=self.return_sequences, unroll=self.unroll
+    )
