@@ -51,6 +51,12 @@ class Checkpoints:
       self.directory,
       options=ocp.CheckpointManagerOptions(
         preservation_policy=policy,
+        # With a best_fn orbax also writes each checkpoint's metrics to disk
+        # and reads them back when a run resumes; without it the best
+        # checkpoint of the interrupted run would lose its rank (and be
+        # deleted) once the resumed run moved past it.
+        best_fn=key,
+        best_mode='min' if reverse else 'max',
         read_only=read_only,
         create=not read_only,
         cleanup_tmp_directories=not read_only,
