@@ -31,6 +31,48 @@ def get_config() -> ml_collections.ConfigDict:
   d.train_split = 'train'
   d.eval_split = 'validation'  # Evaluated after every epoch.
   d.test_split = 'test'  # Evaluated once with the best checkpoint.
+  # dataset.name = 'video_folder': your own videos, prepared once (README,
+  # "Real videos"). Changing any key but num_workers prepares again, into
+  # its own directory.
+  d.video_folder = v = ml_collections.ConfigDict()
+  # The folder of class folders: ROOT/<Class>/<video>.{avi,mp4,mkv,webm,mov}
+  # (how UCF50, UCF101 and HMDB51 unpack).
+  v.root = ''
+  # Class folders to use, in label order; () uses all of them, sorted.
+  v.classes = ()
+  v.short_side = 128  # Frames are stored with this shorter side (JPEG).
+  # Keep at most this many frames per video, evenly spaced over it; 0 keeps
+  # all.
+  v.max_frames = 0
+  # Videos with fewer frames are short: 'loop' plays them again up to
+  # min_frames, 'repeat_last' holds the last frame, 'drop' leaves them out
+  # (the notebook). Set min_frames to at least input.num_frames.
+  v.min_frames = 20
+  v.short_video = 'loop'
+  # 'groups': by UCF group (v_<Class>_g<GG>_c<CC> names): test_groups, or
+  # else leave-one-group-out fold `fold`; 'official': the split files in
+  # split_dir (UCF101 trainlist0N/testlist0N.txt or HMDB51
+  # *_test_splitN.txt, N = split_number); 'stratified': per-class random
+  # fractions, for folders without groups; 'random_clips': the notebook's
+  # random split of grouped clips, leaky, needs allow_leaky_split.
+  v.split = 'groups'
+  v.test_groups = ()  # Groups in the test split ('groups'); () uses fold.
+  v.fold = 1  # Leave-one-group-out: group `fold` is the test split.
+  # Validation is carved from the training groups: the last val_groups of
+  # them ('groups'; 'official' where names have groups).
+  v.val_groups = 2
+  v.split_dir = ''  # Folder of the official split files ('official').
+  v.split_number = 1  # Official split 1, 2 or 3.
+  # Per-class fractions for 'stratified' and 'random_clips' (and for
+  # validation of 'official' splits without groups), seeded by `seed`.
+  v.test_fraction = 0.25
+  v.val_fraction = 0.1
+  v.seed = 0
+  # 'random_clips' lets one actor and scene be in train and test, which
+  # overstates test accuracy; it runs only with this set (and warns).
+  v.allow_leaky_split = False
+  # Worker processes that decode videos while preparing; 0: one per CPU.
+  v.num_workers = 0
 
   config.input = i = ml_collections.ConfigDict()
   # Frames per clip. The notebook's SEQUENCE_LENGTH is 20; 10 frames (every
@@ -46,6 +88,18 @@ def get_config() -> ml_collections.ConfigDict:
   i.train_sampling = 'uniform'
   i.eval_sampling = 'uniform'
   i.frame_stride = 2  # Used by 'strided' sampling.
+  # Spatial crop of training clips, one box per clip, then resized to
+  # image_size x image_size: 'resize' takes the whole frame (squeezed, the
+  # notebook); 'random_resized' a random box of a fraction in crop_area of
+  # the frame, aspect ratio (w/h) in crop_aspect; 'scale_jitter' a random
+  # square of 1/s of the short side, s in scale_jitter.
+  i.train_crop = 'resize'
+  i.crop_area = (0.4, 1.0)
+  i.crop_aspect = (0.75, 1.333)
+  i.scale_jitter = (1.0, 1.33)
+  # Evaluation: 'resize' (the notebook) or 'center' (the central square of
+  # the short side). eval.num_test_crops = 3 replaces it in the test.
+  i.eval_crop = 'resize'
   i.random_flip = True  # Horizontal flip in training.
   # Random per-clip hue, saturation, contrast and brightness change in
   # training (video_ops.color_jitter); 0 turns it off, 0.5 is strong.
@@ -128,6 +182,10 @@ def get_config() -> ml_collections.ConfigDict:
   # per video. report.json gives both clip- and video-level numbers. 1 is the
   # single-clip protocol of the notebook. Validation always uses one clip.
   e.num_test_clips = 1
+  # Spatial views per test clip: 1 (input.eval_crop) or 3 (squares of the
+  # short side at the start, middle and end of the long side). A test video
+  # gives num_test_clips x num_test_crops clips, averaged as above.
+  e.num_test_crops = 1
 
   # Persistent JAX compilation cache, so the second run of a config starts at
   # once. '' turns it off.

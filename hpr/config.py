@@ -27,6 +27,21 @@ _CHOICES = {
   'model.convlstm.padding': ('valid', 'same'),
   'model.convlstm.head': ('flatten', 'avgpool'),
   'model.lrcn.readout': ('last', 'mean'),
+  'input.train_crop': ('resize', 'random_resized', 'scale_jitter'),
+  'input.eval_crop': ('resize', 'center'),
+  'eval.num_test_crops': (1, 3),
+  'dataset.video_folder.short_video': ('loop', 'repeat_last', 'drop'),
+  'dataset.video_folder.split': (
+    'groups',
+    'official',
+    'stratified',
+    'random_clips',
+  ),
+}
+# Tuples that may be empty, and the type of their items.
+_MAYBE_EMPTY = {
+  'dataset.video_folder.classes': str,
+  'dataset.video_folder.test_groups': int,
 }
 # Integers (or tuples of integers) that must be >= 1.
 _POSITIVE = (
@@ -51,6 +66,10 @@ _POSITIVE = (
   'model.single_frame.kernel_size',
   'model.single_frame.pool_sizes',
   'optimizer.learning_rate',
+  'dataset.video_folder.short_side',
+  'dataset.video_folder.fold',
+  'dataset.video_folder.val_groups',
+  'dataset.video_folder.split_number',
 )
 # Numbers that must be >= 0.
 _NON_NEGATIVE = (
@@ -59,6 +78,9 @@ _NON_NEGATIVE = (
   'optimizer.warmup_epochs',
   'optimizer.weight_decay',
   'optimizer.grad_clip_norm',
+  'dataset.video_folder.max_frames',
+  'dataset.video_folder.min_frames',
+  'dataset.video_folder.num_workers',
 )
 # Fractions in [0, 1).
 _FRACTIONS = (
@@ -69,6 +91,8 @@ _FRACTIONS = (
   'model.convlstm.recurrent_dropout',
   'model.lrcn.dropout',
   'model.single_frame.dropout',
+  'dataset.video_folder.test_fraction',
+  'dataset.video_folder.val_fraction',
 )
 
 
@@ -109,7 +133,12 @@ def _get(cfg: ml_collections.ConfigDict, path: str) -> Any:
   return cfg
 
 
-def _type_ok(value: Any, default: Any) -> bool:
+def _type_ok(value: Any, default: Any, key: str = '') -> bool:
+  if key in _MAYBE_EMPTY:
+    kind = _MAYBE_EMPTY[key]
+    return isinstance(value, tuple | list) and all(
+      isinstance(v, kind) and not isinstance(v, bool) for v in value
+    )
   if isinstance(default, bool) or isinstance(value, bool):
     return isinstance(value, bool) and isinstance(default, bool)
   if isinstance(default, float):
@@ -146,7 +175,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
       )
       hint = f'; valid keys here: {", ".join(siblings)}' if siblings else ''
       raise ConfigError(f'unknown config key {key!r}{hint}')
-    if not _type_ok(value, schema[key]):
+    if not _type_ok(value, schema[key], key):
       raise ConfigError(
         f'{key}: expected {type(schema[key]).__name__} like '
         f'{schema[key]!r}, got {_describe(value)}'
@@ -179,7 +208,29 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         f'{key}: {given[key]} is not divisible by the {num_devices} devices; '
         f'use a multiple of {num_devices}'
       )
+  _check_ranges(config.input)
   _check_dataset_name(config.dataset.name)
+
+
+def _check_ranges(i: ml_collections.ConfigDict) -> None:
+  for key, low, high in (
+    ('crop_area', 0.0, 1.0),
+    ('crop_aspect', 0.0, None),
+    ('scale_jitter', 1.0, None),
+  ):
+    value = tuple(i[key])
+    if (
+      len(value) != 2
+      or value[0] > value[1]
+      or value[0] < low
+      or (low == 0.0 and value[0] <= 0)
+      or (high is not None and value[1] > high)
+    ):
+      bounds = f'in ({low}, {high}]' if high else f'>= {low}' if low else '> 0'
+      raise ConfigError(
+        f'input.{key}: expected (low, high) with low <= high, {bounds}; got '
+        f'{value!r}'
+      )
 
 
 def _check_model_name(name: str) -> None:

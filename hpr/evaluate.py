@@ -35,8 +35,10 @@ def predict_clips(
   mesh,
   *,
   num_views: int = 1,
+  num_crops: int = 1,
 ) -> dict[str, np.ndarray]:
-  """Logits of every clip of `split`: `num_views` per example.
+  """Logits of every clip of `split`: `num_views` x `num_crops` per
+  example.
 
   Args:
     eval_fn: `logits(state, batch)`, e.g. from `train_state.jit_eval_step`.
@@ -46,15 +48,16 @@ def predict_clips(
     split: TFDS split name.
     mesh: the device mesh.
     num_views: temporal views per example.
+    num_crops: spatial views (1 or 3) per temporal view.
 
   Returns:
     {'logits': float32 (M, K), 'labels': int32 (M,), 'index': int32 (M,)}
-    with M = N * num_views, padding removed; `index` is the example's
+    with M = N * num_views * num_crops, padding removed; `index` is the example's
     position in `split`.
   """
   out = {'logits': [], 'labels': [], 'index': []}
   for batch in input_pipeline.eval_batches(
-    config, builder, split, num_views=num_views
+    config, builder, split, num_views=num_views, num_crops=num_crops
   ):
     batch = parallel.shard_batch(
       {k: batch[k] for k in input_pipeline.EVAL_KEYS}, mesh
@@ -173,16 +176,24 @@ def test_and_report(
   workdir: str,
   step: int,
 ) -> dict:
-  """Tests `state` on the test split with `eval.num_test_clips` views and
-  writes WORKDIR/eval (see the module docstring).
+  """Tests `state` on the test split with `eval.num_test_clips` x
+  `eval.num_test_crops` views and writes WORKDIR/eval (see the module docstring).
 
   Returns:
     The video-level metrics (`metrics.classification_metrics`).
   """
   split = config.dataset.test_split
   views = config.eval.num_test_clips
+  crops = config.eval.num_test_crops
   clips = predict_clips(
-    eval_fn, state, config, builder, split, mesh, num_views=views
+    eval_fn,
+    state,
+    config,
+    builder,
+    split,
+    mesh,
+    num_views=views,
+    num_crops=crops,
   )
   k = info.num_classes
   clip_scores = metrics.classification_metrics(
@@ -221,7 +232,8 @@ def test_and_report(
       'split': split,
       'num_videos': len(index),
       'num_clips': len(clips['index']),
-      'views': {'temporal': views, 'spatial': 1},
+      'views': {'temporal': views, 'spatial': crops},
+      'crop': 'three_crops' if crops == 3 else config.input.eval_crop,
       'num_frames': config.input.num_frames,
       'sampling': config.input.eval_sampling,
       'frame_stride': config.input.frame_stride,
@@ -349,10 +361,10 @@ def evaluate(
   )
 
 
-def _tuples(value):
+def lists_to_tuples(value):
   # JSON turned the config's tuples into lists.
   if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
+    return {k: lists_to_tuples(v) for k, v in value.items()}
   return tuple(value) if isinstance(value, list) else value
 
 
@@ -373,7 +385,7 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   config = default_config()
   try:
     with open(path) as f:
-      config.update(_tuples(json.load(f)))
+      config.update(lists_to_tuples(json.load(f)))
   except (json.JSONDecodeError, TypeError, ValueError) as e:
     raise UserError(f'cannot read {path} ({e})') from e
   return config

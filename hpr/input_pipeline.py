@@ -59,7 +59,19 @@ def get_builder(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   import hpr.datasets  # noqa: F401  (registers hpr's builders)
 
   data_dir = os.path.expanduser(dataset.data_dir) if dataset.data_dir else None
-  builder = tfds.builder(dataset.name, data_dir=data_dir)
+  if dataset.name == 'video_folder':
+    from hpr.datasets import video_folder
+
+    if 'video_folder' not in dataset:
+      raise UserError(
+        'video_folder needs its dataset.video_folder settings: open it '
+        "through a config or a workdir's config.json"
+      )
+
+    config = video_folder.config_from(dataset.video_folder)
+    builder = tfds.builder(dataset.name, config=config, data_dir=data_dir)
+  else:
+    builder = tfds.builder(dataset.name, data_dir=data_dir)
   if not builder.is_prepared():
     if not _is_hpr_builder(dataset.name):
       raise UserError(
@@ -104,9 +116,17 @@ def get_dataset_info(
 
 
 def preprocess_ops(
-  config: ml_collections.ConfigDict, *, training: bool, num_views: int = 1
+  config: ml_collections.ConfigDict,
+  *,
+  training: bool,
+  num_views: int = 1,
+  num_crops: int = 1,
 ) -> list[video_ops.Op]:
-  """The preprocessing of one example, as a list of ops."""
+  """The preprocessing of one example, as a list of ops.
+
+  `num_views` temporal views (features['view']) and `num_crops` spatial ones
+  (features['crop']) are evaluation's multi-view test.
+  """
   i = config.input
   ops = [
     video_ops.sample_frames(
@@ -117,7 +137,7 @@ def preprocess_ops(
       num_views=num_views,
     ),
     video_ops.decode_frames(),
-    video_ops.resize(i.image_size),
+    _crop_op(config, training=training, num_crops=num_crops),
   ]
   if training and i.random_flip:
     ops.append(video_ops.random_flip())
@@ -125,6 +145,21 @@ def preprocess_ops(
     ops.append(video_ops.color_jitter(i.color_jitter))
   ops.append(video_ops.normalize(i.normalization))
   return ops
+
+
+def _crop_op(config, *, training: bool, num_crops: int) -> video_ops.Op:
+  i = config.input
+  size = i.image_size
+  if not training and num_crops > 1:
+    return video_ops.center_crop(size, num_crops)
+  mode = i.train_crop if training else i.eval_crop
+  if mode == 'random_resized':
+    return video_ops.random_resized_crop(size, i.crop_area, i.crop_aspect)
+  if mode == 'scale_jitter':
+    return video_ops.scale_jitter(size, i.scale_jitter)
+  if mode == 'center':
+    return video_ops.center_crop(size)
+  return video_ops.resize(size)
 
 
 def _read(builder, split: str, shuffle_seed: int | None) -> tf.data.Dataset:
@@ -216,13 +251,15 @@ def eval_batches(
   split: str,
   *,
   num_views: int = 1,
+  num_crops: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's evaluation batches of `split`, padded and masked.
 
   Every process yields the same number of batches (padding-only batches where
-  its share runs out), as a multi-process step needs. With `num_views` > 1,
-  each example gives `num_views` clips in a row (temporal views, see
-  `video_ops.frame_indices`), all with the example's `index`.
+  its share runs out), as a multi-process step needs. With `num_views` x
+  `num_crops` > 1, each example gives that many clips in a row (temporal
+  views, see `video_ops.frame_indices`, each in `num_crops` spatial crops,
+  see `video_ops.center_crop`), all with the example's `index`.
 
   Yields:
     {'video': float32 (b, T, S, S, 3), 'label': int32 (b,),
@@ -241,22 +278,29 @@ def eval_batches(
   ds = ds.enumerate().map(
     lambda i, ex: {**ex, 'index': tf.cast(i + first, tf.int32)}
   )
-  if num_views > 1:
+  clips = num_views * num_crops
+  if clips > 1:
     ds = ds.flat_map(
-      lambda ex: tf.data.Dataset.range(num_views).map(
-        lambda v: {**ex, 'view': tf.cast(v, tf.int32)}
+      lambda ex: tf.data.Dataset.range(clips).map(
+        lambda v: {
+          **ex,
+          'view': tf.cast(v // num_crops, tf.int32),
+          'crop': tf.cast(v % num_crops, tf.int32),
+        }
       )
     )
   ds = ds.map(
     video_ops.compose(
-      preprocess_ops(config, training=False, num_views=num_views)
+      preprocess_ops(
+        config, training=False, num_views=num_views, num_crops=num_crops
+      )
     ),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
   ds = ds.map(lambda ex: {k: ex[k] for k in ('video', 'label', 'index')})
   ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-  total = num_eval_batches(builder, split, batch_size, num_views)
+  total = num_eval_batches(builder, split, batch_size, clips)
   shape = (
     batch_size,
     config.input.num_frames,

@@ -242,7 +242,9 @@ def plot_workdir(
   if builder is None and os.path.exists(config_path):
     with open(config_path) as f:
       dataset = json.load(f)['dataset']
-    builder = _builder(dataset['name'], dataset['data_dir'])
+    builder = _builder(
+      dataset['name'], dataset['data_dir'], dataset.get('video_folder')
+    )
     split = split or dataset['train_split']
   if builder is not None:
     split = split or next(iter(builder.info.splits))
@@ -251,12 +253,17 @@ def plot_workdir(
   return paths
 
 
-def _builder(name: str, data_dir: str):
+def _builder(name: str, data_dir: str, video_folder: dict | None = None):
   import ml_collections
 
   from hpr import input_pipeline
+  from hpr.evaluate import lists_to_tuples
 
   dataset = ml_collections.ConfigDict({'name': name, 'data_dir': data_dir})
+  if video_folder is not None:
+    dataset.video_folder = ml_collections.ConfigDict(
+      lists_to_tuples(video_folder)
+    )
   try:
     return input_pipeline.get_builder(dataset)
   except UserError:

@@ -47,20 +47,27 @@ class VideoReader:
     self.fps = float(rate) if rate else DEFAULT_FPS
     self.width = stream.codec_context.width
     self.height = stream.codec_context.height
+    # What the container says; 0 where it does not say (Matroska, WebM).
+    self.declared_frames = stream.frames
 
-  def __iter__(self) -> Iterator[np.ndarray]:
-    """Yields every frame, uint8 (H, W, 3) RGB, in display order."""
+  def frames(self) -> Iterator[av.VideoFrame]:
+    """Yields every decoded frame as PyAV frames, in display order."""
     count = 0
     try:
       for frame in self._container.decode(self._stream):
         count += 1
-        yield frame.to_ndarray(format='rgb24')
+        yield frame
     except av.error.FFmpegError as e:
       raise UserError(
         f'cannot decode {self.path} after {count} frames ({_reason(e)})'
       ) from e
     if count == 0:
       raise UserError(f'{self.path} has no video frames')
+
+  def __iter__(self) -> Iterator[np.ndarray]:
+    """Yields every frame, uint8 (H, W, 3) RGB, in display order."""
+    for frame in self.frames():
+      yield frame.to_ndarray(format='rgb24')
 
   def chunks(self, size: int) -> Iterator[np.ndarray]:
     """Yields frames in stacks of `size` (the last may be shorter)."""
@@ -98,6 +105,33 @@ def read_video(path: str) -> tuple[np.ndarray, float]:
   """
   with VideoReader(path) as reader:
     return np.stack(list(reader)), reader.fps
+
+
+def to_rgb(frame: av.VideoFrame, short_side: int = 0) -> np.ndarray:
+  """A decoded frame as uint8 (H, W, 3) RGB, upright, optionally smaller.
+
+  Args:
+    frame: a PyAV video frame.
+    short_side: if > 0 and the frame is larger, scale it (FFmpeg's area
+      filter) so that its shorter side has this many pixels; the aspect
+      ratio is kept. Frames are never enlarged.
+
+  Returns:
+    The frame, turned as its rotation metadata says (phone videos record
+    portrait frames as rotated landscape ones).
+  """
+  width, height = frame.width, frame.height
+  short = min(width, height)
+  if 0 < short_side < short:
+    width = max(1, round(width * short_side / short))
+    height = max(1, round(height * short_side / short))
+  rgb = frame.to_ndarray(
+    format='rgb24', width=width, height=height, interpolation='AREA'
+  )
+  # `rotation`: degrees the display turns the frame counterclockwise;
+  # np.rot90 turns counterclockwise too.
+  quarter_turns = round((getattr(frame, 'rotation', 0) or 0) / 90) % 4
+  return np.ascontiguousarray(np.rot90(rgb, quarter_turns))
 
 
 def _reason(error: Exception) -> str:
@@ -177,3 +211,27 @@ def write_video(path: str, frames: Iterable[np.ndarray], fps: float) -> None:
   with VideoWriter(path, fps) as writer:
     for frame in frames:
       writer.write(frame)
+
+
+def write_file(
+  path: str, frames: Iterable[np.ndarray], fps: float, codec: str = 'mpeg4'
+) -> None:
+  """Writes uint8 (H, W, 3) RGB frames with `codec` ('mpeg4', 'libx264',
+  'libvpx-vp9', ...) in the container the extension names (.avi, .mp4,
+  .mkv, .webm, .mov), e.g. UCF-like MPEG-4 AVIs. Sizes must be even."""
+  rate = fractions.Fraction(fps).limit_denominator(1001)
+  with av.open(path, 'w') as container:
+    stream = None
+    for frame in frames:
+      if stream is None:
+        stream = container.add_stream(codec, rate=rate)
+        stream.height, stream.width = frame.shape[:2]
+        stream.pix_fmt = 'yuv420p'
+        if codec == 'mpeg4':
+          stream.options = {'qscale': '3'}
+      video_frame = av.VideoFrame.from_ndarray(
+        np.ascontiguousarray(frame), format='rgb24'
+      )
+      container.mux(stream.encode(video_frame))
+    if stream is not None:
+      container.mux(stream.encode(None))

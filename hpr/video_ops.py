@@ -18,7 +18,7 @@ Features = dict[str, tf.Tensor]
 Op = Callable[[Features], Features]
 
 # Salts that give each random op its own stream from the example's seed.
-_SAMPLE_SALT, _FLIP_SALT, _COLOR_SALT = 1, 2, 3
+_SAMPLE_SALT, _FLIP_SALT, _COLOR_SALT, _CROP_SALT = 1, 2, 3, 4
 
 
 def _op_seed(features: Features, salt: int) -> tf.Tensor:
@@ -141,6 +141,93 @@ def resize(size: int) -> Op:
     video = tf.image.resize(
       features['video'], [size, size], method='bilinear', antialias=True
     )
+    return {**features, 'video': video}
+
+  return fn
+
+
+def _crop_resize(video, top, left, height, width, size: int) -> tf.Tensor:
+  """The same window of every frame, resized: float32 (T, size, size, 3)."""
+  window = video[:, top : top + height, left : left + width]
+  return tf.image.resize(
+    window, [size, size], method='bilinear', antialias=True
+  )
+
+
+def _square(video: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  shape = tf.shape(video)
+  return shape[1], shape[2], tf.minimum(shape[1], shape[2])
+
+
+def random_resized_crop(
+  size: int,
+  area: tuple[float, float] = (0.4, 1.0),
+  aspect: tuple[float, float] = (0.75, 4 / 3),
+) -> Op:
+  """A random box, the same for the whole clip, resized to size x size.
+
+  The box covers a fraction in `area` of the frame and has a width/height
+  ratio in `aspect` (Inception-style); (T, H, W, 3) -> float32 (T, size,
+  size, 3).
+  """
+
+  def fn(features: Features) -> Features:
+    video = features['video']
+    begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(video)[1:],
+      bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=_op_seed(features, _CROP_SALT),
+      min_object_covered=0.0,
+      aspect_ratio_range=aspect,
+      area_range=area,
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True,
+    )
+    video = _crop_resize(video, begin[0], begin[1], box[0], box[1], size)
+    return {**features, 'video': video}
+
+  return fn
+
+
+def scale_jitter(size: int, scale: tuple[float, float] = (1.0, 1.33)) -> Op:
+  """Scale jitter: a random square of 1/s of the short side (s uniform in
+  `scale`; the same for the whole clip) at a random place, resized to
+  size x size; as scaling the short side to s * size and cropping size x
+  size, with one resize. (T, H, W, 3) -> float32 (T, size, size, 3)."""
+
+  def fn(features: Features) -> Features:
+    video = features['video']
+    height, width, short = _square(video)
+    u = tf.random.stateless_uniform([3], _op_seed(features, _CROP_SALT))
+    s = scale[0] + (scale[1] - scale[0]) * u[0]
+    side = tf.maximum(1, tf.cast(tf.cast(short, tf.float32) / s, tf.int32))
+    top = tf.cast(u[1] * tf.cast(height - side + 1, tf.float32), tf.int32)
+    left = tf.cast(u[2] * tf.cast(width - side + 1, tf.float32), tf.int32)
+    top, left = tf.minimum(top, height - side), tf.minimum(left, width - side)
+    video = _crop_resize(video, top, left, side, side, size)
+    return {**features, 'video': video}
+
+  return fn
+
+
+def center_crop(size: int, num_crops: int = 1) -> Op:
+  """Squares of the short side, resized to size x size.
+
+  With `num_crops` 1, the central square. With 3 (multi-crop testing),
+  `features['crop']` (int32 scalar, 0..2) picks the square at the start,
+  the middle or the end of the long side (left, centre, right for
+  landscape frames). (T, H, W, 3) -> float32 (T, size, size, 3).
+  """
+  if num_crops not in (1, 3):
+    raise ValueError(f'num_crops must be 1 or 3, got {num_crops}')
+
+  def fn(features: Features) -> Features:
+    video = features['video']
+    height, width, short = _square(video)
+    where = features['crop'] if num_crops == 3 else 1
+    top = (height - short) * where // 2
+    left = (width - short) * where // 2
+    video = _crop_resize(video, top, left, short, short, size)
     return {**features, 'video': video}
 
   return fn

@@ -1,0 +1,342 @@
+"""video_folder: a folder of class folders of videos (UCF50, UCF101, HMDB51...).
+
+Prepared once into TFDS's data_dir with PyAV in parallel worker processes:
+every usable video becomes one example with its frames JPEG-encoded at
+`short_side`; files that cannot be used are quarantined (listed with their
+reason in `quarantine.json` beside the prepared data, counted in the dataset
+info's metadata), never fatal.
+
+Splits are stored, not derived at load time: the train, validation and test
+splits are TFDS splits of the prepared data, so split sizes, the even
+per-process sharding, split slicing ('train[:10%]') and file shuffling work
+as for any TFDS dataset. The price is that a split-only change (another
+fold) prepares again. Each combination of preparation and split parameters
+is its own builder config, named by the folder and a hash of the parameters
+(`config_from`), so a changed root, class subset, short side or split
+prepares into a new directory and an unchanged one starts at once.
+"""
+
+import dataclasses
+import glob
+import hashlib
+import io
+import itertools
+import json
+import multiprocessing
+import os
+import re
+from concurrent import futures
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+from absl import logging
+
+from hpr.datasets import video_files, video_splits
+from hpr.errors import UserError
+
+_DESCRIPTION = """\
+Videos from a folder of class folders (ROOT/<Class>/<video>), as UCF50,
+UCF101 and HMDB51 unpack. Frames are decoded with PyAV, scaled to a short
+side and stored as JPEG. UCF names v_<Class>_g<GG>_c<CC> give the group
+(actor and scene) and clip. Unusable files are listed in quarantine.json.
+"""
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class VideoFolderConfig(tfds.core.BuilderConfig):
+  """What to prepare from which folder; see `dataset.video_folder` in
+  configs/default.py for each field. `num_workers` does not change the data
+  and is left out of the name."""
+
+  root: str = ''
+  classes: tuple[str, ...] = ()
+  short_side: int = 128
+  max_frames: int = 0
+  min_frames: int = 20
+  short_video: str = 'loop'
+  split: str = 'groups'
+  test_groups: tuple[int, ...] = ()
+  fold: int = 1
+  val_groups: int = 1
+  split_dir: str = ''
+  split_number: int = 1
+  test_fraction: float = 0.25
+  val_fraction: float = 0.1
+  seed: int = 0
+  allow_leaky_split: bool = False
+  num_workers: int = 0
+
+  def params(self) -> dict:
+    """The parameters that decide the prepared data."""
+    params = {
+      f.name: getattr(self, f.name)
+      for f in dataclasses.fields(VideoFolderConfig)
+      if f.name != 'num_workers'
+    }
+    if self.split == 'official':
+      # Edited split files prepare again.
+      params['split_files'] = _digest_files(self.split_dir)
+    return params
+
+
+def config_from(vf) -> VideoFolderConfig:
+  """The builder config of a `dataset.video_folder` ConfigDict.
+
+  Its name is `<folder name>_<hash of the parameters>`, e.g. `ucf50_1a2b3c4d5e`.
+  """
+  root = os.path.abspath(os.path.expanduser(vf.root)) if vf.root else ''
+  split_dir = vf.split_dir and os.path.abspath(os.path.expanduser(vf.split_dir))
+  config = VideoFolderConfig(
+    name='unnamed',
+    root=root,
+    classes=tuple(vf.classes),
+    short_side=vf.short_side,
+    max_frames=vf.max_frames,
+    min_frames=vf.min_frames,
+    short_video=vf.short_video,
+    split=vf.split,
+    test_groups=tuple(vf.test_groups),
+    fold=vf.fold,
+    val_groups=vf.val_groups,
+    split_dir=split_dir,
+    split_number=vf.split_number,
+    test_fraction=vf.test_fraction,
+    val_fraction=vf.val_fraction,
+    seed=vf.seed,
+    allow_leaky_split=vf.allow_leaky_split,
+    num_workers=vf.num_workers,
+  )
+  text = json.dumps(config.params(), sort_keys=True)
+  digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+  slug = re.sub(r'[^a-z0-9]+', '_', os.path.basename(root).lower()).strip('_')
+  config.name = f'{slug or "videos"}_{digest}'
+  config.description = f'{root}: {text}'
+  return config
+
+
+def _digest_files(folder: str) -> str:
+  if not folder or not os.path.isdir(folder):
+    return ''
+  digest = hashlib.sha256()
+  for path in sorted(glob.glob(os.path.join(folder, '*.txt'))):
+    digest.update(os.path.basename(path).encode())
+    with open(path, 'rb') as f:
+      digest.update(f.read())
+  return digest.hexdigest()[:16]
+
+
+class VideoFolder(tfds.core.GeneratorBasedBuilder):
+  """Videos in class folders, prepared with PyAV (no download)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    try:
+      names = list(config.classes) or video_files.list_classes(config.root)
+      label = tfds.features.ClassLabel(names=names)
+    except UserError:
+      # The videos are gone; a prepared dataset still reads its names.
+      label = tfds.features.ClassLabel()
+    return self.dataset_info_from_configs(
+      description=_DESCRIPTION,
+      features=tfds.features.FeaturesDict(
+        {
+          'video': tfds.features.Video(
+            shape=(None, None, None, 3), encoding_format='jpeg'
+          ),
+          'label': label,
+          'class_name': tfds.features.Text(),
+          'group': np.int32,  # UCF's gGG; 0 when the name has none.
+          'clip': np.int32,  # UCF's cCC; 0 when the name has none.
+          'video_id': tfds.features.Text(),  # <Class>/<file name>.
+          'path': tfds.features.Text(),  # The source file.
+          'fps': np.float32,  # Of the stored frames.
+          'width': np.int32,  # Of the source, upright.
+          'height': np.int32,
+          'source_frames': np.int32,  # Decoded from the source.
+          'num_frames': np.int32,  # Stored (capped or padded).
+        }
+      ),
+      supervised_keys=('video', 'label'),
+      metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    c = self.builder_config
+    names, videos, skipped = video_files.scan(c.root, c.classes)
+    splits, notes = video_splits.assign(
+      videos,
+      c.split,
+      test_groups=c.test_groups,
+      fold=c.fold,
+      val_groups=c.val_groups,
+      split_dir=c.split_dir,
+      split_number=c.split_number,
+      test_fraction=c.test_fraction,
+      val_fraction=c.val_fraction,
+      seed=c.seed,
+      allow_leaky_split=c.allow_leaky_split,
+    )
+    self._run = _Preparation(c, names, videos, skipped, notes, len(splits))
+    return {
+      name: self._generate_examples(name, split_videos)
+      for name, split_videos in splits.items()
+    }
+
+  def _generate_examples(self, split: str, videos):
+    run = self._run
+    count = 0
+    try:
+      by_path = {v.path: v for v in videos}
+      for result in run.encode(split, list(by_path)):
+        video = by_path[result['path']]
+        example = run.record(video, result)
+        if example is not None:
+          count += 1
+          yield video.relpath, example
+    finally:
+      run.done += 1
+    if not count:
+      run.finish(self.data_dir, self.info.metadata, check=False)
+      raise UserError(
+        f'split {split!r} has no usable video: all {len(videos)} were '
+        'quarantined or dropped (see the warnings above)'
+      )
+    if run.done == run.num_splits:
+      run.finish(self.data_dir, self.info.metadata)
+
+
+class _Preparation:
+  """One preparation run: the worker pool, counts and the quarantine."""
+
+  def __init__(self, config, names, videos, skipped, notes, num_splits):
+    self.options = video_files.EncodeOptions(
+      short_side=config.short_side,
+      max_frames=config.max_frames,
+      min_frames=config.min_frames,
+      short_video=config.short_video,
+    )
+    self.workers = config.num_workers or os.cpu_count() or 1
+    self.names, self.notes = names, notes
+    self.num_videos = len(videos)
+    self.num_files = len(videos) + len(skipped)
+    self.quarantine = list(skipped)
+    self.short, self.dropped = [], []
+    self.used = dict.fromkeys(names, 0)
+    self.num_splits, self.done = num_splits, 0
+    self._pool = None
+
+  def encode(self, split: str, paths: list[str]):
+    """Yields `video_files.encode_video` results, from worker processes,
+    in the order they finish."""
+    tasks = [(p, self.options) for p in paths]
+    bar = tqdm.tqdm(total=len(tasks), desc=f'decoding {split}', unit='video')
+    if self.workers == 1:
+      results = map(video_files.encode_video, tasks)
+    else:
+      if self._pool is None:
+        # spawn: the parent has TensorFlow's threads, which fork would copy.
+        # An executor, not a Pool: a worker that dies raises an error
+        # instead of hanging the preparation.
+        self._pool = futures.ProcessPoolExecutor(
+          min(self.workers, max(1, self.num_videos)),
+          mp_context=multiprocessing.get_context('spawn'),
+        )
+      results = _bounded_map(self._pool, tasks, 4 * self.workers)
+    for result in results:
+      bar.update()
+      yield result
+    bar.close()
+
+  def record(self, video, result) -> dict | None:
+    """The example of one encoded video; None for a quarantined one."""
+    status = result['status']
+    if status == 'bad':
+      self.quarantine.append({'path': video.path, 'reason': result['reason']})
+      return None
+    if status == 'dropped':
+      self.dropped.append(video.path)
+      return None
+    if status == 'short':
+      self.short.append(video.path)
+    self.used[video.class_name] += 1
+    return {
+      # Already JPEG: TFDS stores file objects' bytes as they are.
+      'video': [io.BytesIO(f) for f in result['frames']],
+      'label': video.label,
+      'class_name': video.class_name,
+      'group': video.group,
+      'clip': video.clip,
+      'video_id': video.relpath,
+      'path': video.path,
+      'fps': result['fps'],
+      'width': result['width'],
+      'height': result['height'],
+      'source_frames': result['source_frames'],
+      'num_frames': len(result['frames']),
+    }
+
+  def finish(self, data_dir: str, metadata, check: bool = True) -> None:
+    """Writes quarantine.json and the counts, logs the summary; with
+    `check`, fails if a class has no usable video."""
+    if self._pool is not None:
+      self._pool.shutdown()
+    self.quarantine.sort(key=lambda q: q['path'])
+    with open(os.path.join(data_dir, 'quarantine.json'), 'w') as f:
+      json.dump(self.quarantine, f, indent=1)
+    metadata.update(
+      {
+        'num_files': self.num_files,
+        'num_quarantined': len(self.quarantine),
+        'num_short': len(self.short),
+        'num_dropped_short': len(self.dropped),
+        'short_video_policy': self.options.short_video,
+        'min_frames': self.options.min_frames,
+        'num_unused': self.notes['unused'],
+        'shared_groups': self.notes['shared_groups'],
+      }
+    )
+    for q in self.quarantine:
+      logging.warning('quarantined %s: %s', q['path'], q['reason'])
+    logging.info(
+      'video_folder: %d videos used, %d quarantined (quarantine.json), '
+      '%d shorter than %d frames (%s), %d not in the split files',
+      sum(self.used.values()),
+      len(self.quarantine),
+      len(self.short) + len(self.dropped),
+      self.options.min_frames,
+      self.options.short_video,
+      self.notes['unused'],
+    )
+    empty = [name for name, n in self.used.items() if not n]
+    if check and empty:
+      raise UserError(
+        f'no usable video in class {", ".join(empty)}: every file failed '
+        'or was dropped as too short (see the warnings above)'
+      )
+
+
+def _bounded_map(pool, tasks, window: int):
+  """`encode_video` over `tasks` with at most `window` in flight (so that
+  finished videos do not pile up in memory), in the order they finish."""
+  tasks = iter(tasks)
+  pending = {
+    pool.submit(video_files.encode_video, t)
+    for _, t in zip(range(window), tasks, strict=False)
+  }
+  while pending:
+    done, pending = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+    for future in done:
+      yield future.result()
+      for task in itertools.islice(tasks, 1):
+        pending.add(pool.submit(video_files.encode_video, task))
+
+
+def quarantine(builder: tfds.core.DatasetBuilder) -> list[dict[str, str]]:
+  """The quarantine list of a prepared video_folder dataset."""
+  with open(os.path.join(builder.data_dir, 'quarantine.json')) as f:
+    return json.load(f)
