@@ -187,7 +187,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   for key, choices in _CHOICES.items():
     if given[key] not in choices:
       raise ConfigError(
-        f'{key}: {given[key]!r} is not one of {", ".join(choices)}'
+        f'{key}: {given[key]!r} is not one of {", ".join(map(str, choices))}'
       )
   _check_model_name(config.model.name)
   for key in _POSITIVE:

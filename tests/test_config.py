@@ -97,3 +97,25 @@ def test_fraction_range():
 def test_missing_config_file():
   with pytest.raises(ConfigError, match='config file not found'):
     config_lib.load_config_file('configs/nope.py')
+
+
+def test_video_folder_tuples_may_be_empty_but_typed():
+  config = config_lib.default_config()
+  config.dataset.video_folder.classes = ('Lunges', 'PushUps')
+  config.dataset.video_folder.test_groups = (1, 2)
+  config_lib.validate(config)
+
+  def numbers_as_classes(c):
+    c.dataset.video_folder.classes = (1, 2)
+
+  assert 'dataset.video_folder.classes: expected' in _bad(numbers_as_classes)
+
+
+def test_crop_ranges():
+  msg = _bad(lambda c: setattr(c.input, 'crop_area', (0.5, 1.5)))
+  assert msg.startswith('input.crop_area: expected (low, high)')
+
+
+def test_three_test_crops_or_one():
+  msg = _bad(lambda c: setattr(c.eval, 'num_test_crops', 2))
+  assert 'eval.num_test_crops' in msg

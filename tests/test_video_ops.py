@@ -152,3 +152,70 @@ def test_color_jitter_is_per_clip_and_seeded(in_dataset):
   other = _run(op, {**features, 'seed': tf.constant([5, 2])}, in_dataset)
   other = np.asarray(other['video'])
   assert not np.allclose(out, other)
+
+
+def _position_video(t=2, h=12, w=20):
+  """Pixel value = column index (channel 0) and row index (channel 1)."""
+  cols = np.broadcast_to(np.arange(w, dtype=np.float32), (t, h, w))
+  rows = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (t, h, w))
+  return np.stack([cols, rows, np.zeros_like(cols)], -1)
+
+
+@pytest.mark.parametrize('in_dataset', [False, True])
+def test_center_crop_takes_the_middle_square(in_dataset):
+  video = _position_video()
+  out = _run(
+    video_ops.center_crop(12), {'video': tf.constant(video)}, in_dataset
+  )
+  out = out['video'].numpy()
+  assert out.shape == (2, 12, 12, 3) and out.dtype == np.float32
+  # Columns 4..15 of 20: the centre.
+  np.testing.assert_allclose(out[0, 0, :, 0], np.arange(4, 16), atol=1e-4)
+  np.testing.assert_allclose(out[0, :, 0, 1], np.arange(12), atol=1e-4)
+
+
+@pytest.mark.parametrize('in_dataset', [False, True])
+def test_three_crops_span_the_long_side(in_dataset):
+  video = tf.constant(_position_video())
+  firsts = []
+  for crop in range(3):
+    features = {'video': video, 'crop': tf.constant(crop, tf.int32)}
+    out = _run(video_ops.center_crop(12, num_crops=3), features, in_dataset)
+    firsts.append(float(out['video'][0, 0, 0, 0]))
+  assert firsts == pytest.approx([0.0, 4.0, 8.0], abs=1e-4)
+
+
+@pytest.mark.parametrize('in_dataset', [False, True])
+def test_random_resized_crop_is_one_box_per_clip_and_seeded(in_dataset):
+  video = _position_video(t=3, h=40, w=60)
+  op = video_ops.random_resized_crop(16, area=(0.2, 0.5))
+  boxes = set()
+  for s in range(6):
+    features = {'video': tf.constant(video), 'seed': tf.constant([s, 1])}
+    out = _run(op, features, in_dataset)['video'].numpy()
+    again = _run(op, features, in_dataset)['video'].numpy()
+    np.testing.assert_array_equal(out, again)
+    assert out.shape == (3, 16, 16, 3)
+    np.testing.assert_array_equal(out[0], out[2])  # Same box every frame.
+    left, right = out[0, 0, 0, 0], out[0, 0, -1, 0]
+    top, bottom = out[0, 0, 0, 1], out[0, -1, 0, 1]
+    # At most half the area: the box is smaller than the frame.
+    assert (right - left + 1) * (bottom - top + 1) < 0.6 * 60 * 40
+    boxes.add((round(float(left)), round(float(top))))
+  assert len(boxes) > 1
+
+
+@pytest.mark.parametrize('in_dataset', [False, True])
+def test_scale_jitter_crops_a_random_square_of_the_short_side(in_dataset):
+  video = _position_video(t=2, h=30, w=50)
+  op = video_ops.scale_jitter(10, scale=(1.5, 1.5))
+  lefts = set()
+  for s in range(8):
+    features = {'video': tf.constant(video), 'seed': tf.constant([s, 9])}
+    out = _run(op, features, in_dataset)['video'].numpy()
+    assert out.shape == (2, 10, 10, 3)
+    # A square of 30 / 1.5 = 20 pixels: values span about 19 in both axes.
+    assert 17 < out[0, 0, -1, 0] - out[0, 0, 0, 0] < 20
+    assert 17 < out[0, -1, 0, 1] - out[0, 0, 0, 1] < 20
+    lefts.add(round(float(out[0, 0, 0, 0])))
+  assert len(lefts) > 1
