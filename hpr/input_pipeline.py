@@ -136,7 +136,7 @@ def preprocess_ops(
       training=training,
       num_views=num_views,
     ),
-    video_ops.decode_frames(),
+    video_ops.decode_frames(jpeg_ratio(config, training=training)),
     _crop_op(config, training=training, num_crops=num_crops),
   ]
   if training and i.random_flip:
@@ -145,6 +145,26 @@ def preprocess_ops(
     ops.append(video_ops.color_jitter(i.color_jitter))
   ops.append(video_ops.normalize(i.normalization))
   return ops
+
+
+def jpeg_ratio(config: ml_collections.ConfigDict, *, training: bool) -> int:
+  """How much smaller `decode_frames` may decode a video_folder's JPEG
+  frames (1, 2, 4 or 8) and still give the crops at least image_size
+  pixels; 0 (detect the format, full size) for other datasets."""
+  if config.dataset.name != 'video_folder':
+    return 0
+  i = config.input
+  mode = i.train_crop if training else i.eval_crop
+  needed = i.image_size
+  if training and mode == 'random_resized':
+    needed /= math.sqrt(i.crop_area[0])
+  elif training and mode == 'scale_jitter':
+    needed *= i.scale_jitter[1]
+  stored = config.dataset.video_folder.short_side
+  ratio = 1
+  while ratio < 8 and stored / (2 * ratio) >= needed:
+    ratio *= 2
+  return ratio
 
 
 def _crop_op(config, *, training: bool, num_crops: int) -> video_ops.Op:

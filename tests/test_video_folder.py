@@ -252,6 +252,29 @@ def test_empty_root_names_the_layout(tmp_path):
     input_pipeline.get_builder(config.dataset)
 
 
+def test_jpeg_ratio_decodes_as_small_as_the_crops_allow():
+  config = folder_config('/videos', '/tfds')
+  config.dataset.video_folder.short_side = 128
+  config.input.image_size = 64
+  i = config.input
+
+  def ratio(training=True):
+    return input_pipeline.jpeg_ratio(config, training=training)
+
+  assert ratio() == 2  # 'resize': a 64-pixel short side is enough.
+  i.image_size = 32
+  assert ratio() == 4
+  i.image_size, i.train_crop = 64, 'random_resized'
+  # A box of 40% of the area is 0.63 of the side: 101 pixels are needed.
+  assert ratio() == 1 and ratio(training=False) == 2
+  i.train_crop, i.scale_jitter = 'scale_jitter', (1.0, 1.5)
+  assert ratio() == 1
+  config.dataset.video_folder.short_side = 256
+  assert ratio() == 2
+  config.dataset.name = 'synthetic_actions/tiny'
+  assert ratio() == 0  # Other datasets: format detected, full size.
+
+
 def test_pad_frames_policies():
   assert video_files.pad_frames([1, 2, 3], 7, 'loop') == [1, 2, 3, 1, 2, 3, 1]
   assert video_files.pad_frames([1, 2], 4, 'repeat_last') == [1, 2, 2, 2]

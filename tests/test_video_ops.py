@@ -154,6 +154,82 @@ def test_color_jitter_is_per_clip_and_seeded(in_dataset):
   assert not np.allclose(out, other)
 
 
+@pytest.mark.parametrize('in_dataset', [False, True])
+def test_color_jitter_turns_colours_but_keeps_grey_grey(in_dataset):
+  # Hue and saturation leave a grey clip grey (contrast and brightness may
+  # still change its level); colours change in their proportions.
+  grey = np.full((2, 4, 4, 3), 120.0, np.float32)
+  colour = np.tile(np.float32([200.0, 60.0, 30.0]), (2, 4, 4, 1))
+  op = video_ops.color_jitter(0.5)
+  for s in range(4):
+    seed = tf.constant([s, 3])
+    out = _run(op, {'video': tf.constant(grey), 'seed': seed}, in_dataset)
+    out = out['video'].numpy()
+    np.testing.assert_allclose(out[..., 0], out[..., 1], atol=1e-3)
+    np.testing.assert_allclose(out[..., 1], out[..., 2], atol=1e-3)
+    out = _run(op, {'video': tf.constant(colour), 'seed': seed}, in_dataset)
+    ratio = out['video'].numpy()[0, 0, 0] / colour[0, 0, 0]
+    assert np.ptp(ratio) > 0.05  # Not just a brightness or contrast change.
+  still = _run(
+    video_ops.color_jitter(0.0),
+    {'video': tf.constant(colour), 'seed': tf.constant([0, 3])},
+    in_dataset,
+  )
+  np.testing.assert_allclose(still['video'].numpy(), colour, atol=1e-3)
+
+
+@pytest.mark.parametrize('in_dataset', [False, True])
+@pytest.mark.parametrize(
+  'shape, antialias',
+  [((12, 12), None), ((20, 16), False), ((40, 30), True), ((12, 30), True)],
+)
+def test_resize_frames_antialiases_only_large_downscales(
+  in_dataset, shape, antialias
+):
+  rng = np.random.default_rng(0)
+  video = rng.integers(0, 256, (2, *shape, 3)).astype(np.uint8)
+  out = _run(video_ops.resize(12), {'video': tf.constant(video)}, in_dataset)
+  out = out['video'].numpy()
+  assert out.shape == (2, 12, 12, 3) and out.dtype == np.float32
+  if antialias is None:  # Already the size: unchanged.
+    np.testing.assert_array_equal(out, video)
+    return
+  expected = tf.image.resize(video, [12, 12], antialias=antialias).numpy()
+  np.testing.assert_allclose(out, expected, atol=1e-3)
+  other = tf.image.resize(video, [12, 12], antialias=not antialias).numpy()
+  assert np.abs(out - other).max() > 1.0
+
+
+def _jpeg_video(n: int, width: int, height: int) -> tuple[np.ndarray, list]:
+  """Smooth frames (so JPEG keeps them close) and their JPEG bytes."""
+  y, x = np.mgrid[0:height, 0:width]
+  frames, encoded = [], []
+  for i in range(n):
+    frame = np.stack(
+      [x * 255 // width, y * 255 // height, np.full_like(x, 40 * i)], -1
+    ).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format='JPEG', quality=95)
+    frames.append(frame)
+    encoded.append(buf.getvalue())
+  return np.stack(frames), encoded
+
+
+@pytest.mark.parametrize('in_dataset', [False, True])
+@pytest.mark.parametrize('ratio', [1, 2, 4])
+def test_decode_frames_scales_jpeg_in_the_dct_domain(in_dataset, ratio):
+  frames, encoded = _jpeg_video(3, 64, 48)
+  op = video_ops.decode_frames(ratio)
+  out = _run(op, {'video': tf.constant(encoded)}, in_dataset)['video']
+  out = out.numpy()
+  assert out.shape == (3, 48 // ratio, 64 // ratio, 3)
+  assert out.dtype == np.uint8
+  # Close to the frames averaged over ratio x ratio blocks.
+  blocks = frames.reshape(3, 48 // ratio, ratio, 64 // ratio, ratio, 3)
+  expected = blocks.astype(np.float32).mean(axis=(2, 4))
+  assert np.abs(out - expected).mean() < 3.0
+
+
 def _position_video(t=2, h=12, w=20):
   """Pixel value = column index (channel 0) and row index (channel 1)."""
   cols = np.broadcast_to(np.arange(w, dtype=np.float32), (t, h, w))
