@@ -235,7 +235,15 @@ def train_batches(
   )
   ds = ds.map(lambda ex: {'video': ex['video'], 'label': ex['label']})
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  yield from ds.as_numpy_iterator()
+  yield from ds.with_options(_options()).as_numpy_iterator()
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  # Parallelism comes from the parallel map over clips; ops that also split
+  # one clip over threads only add overhead.
+  options.threading.max_intra_op_parallelism = 1
+  return options
 
 
 def steps_per_epoch(
@@ -319,7 +327,7 @@ def eval_batches(
     deterministic=True,
   )
   ds = ds.map(lambda ex: {k: ex[k] for k in ('video', 'label', 'index')})
-  ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(_options())
   total = num_eval_batches(builder, split, batch_size, clips)
   shape = (
     batch_size,
