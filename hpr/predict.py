@@ -49,13 +49,17 @@ class Predictor:
   module: object  # The nnx model itself.
 
   def preprocess(self, frames: np.ndarray) -> np.ndarray:
-    """uint8 (n, H, W, 3) -> float32 (n, S, S, 3), as the eval pipeline."""
+    """uint8 (n, H, W, 3) -> float32 (n, S, S, 3), as the eval pipeline
+    (input.eval_crop: the whole frame resized, or its central square)."""
     from hpr import video_ops
 
     tf = cli.tensorflow_on_cpu()
     i = self.config.input
     features = {'video': tf.convert_to_tensor(frames)}
-    features = video_ops.resize(i.image_size)(features)
+    if i.eval_crop == 'center':
+      features = video_ops.center_crop(i.image_size)(features)
+    else:
+      features = video_ops.resize(i.image_size)(features)
     if i.normalization not in PER_FRAME_NORMALIZATIONS:
       # 'clip_centered': pixel / 64 here; the streaming model subtracts each
       # window's mean frame (see streaming.streaming_model).

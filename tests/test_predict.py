@@ -188,6 +188,26 @@ def videos(tmp_path_factory):
   }
 
 
+def test_preprocess_crops_as_the_eval_pipeline(trained_workdir):
+  predictor = predict.load_predictor(trained_workdir[1])
+  i = predictor.config.input
+  i.normalization = 'unit'
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (3, SIZE[1], SIZE[0], 3), dtype=np.uint8)
+  size = i.image_size
+  whole = predictor.preprocess(frames)
+  np.testing.assert_allclose(
+    whole, _preprocess(frames, size) / 255.0, atol=1e-5
+  )
+  i.eval_crop = 'center'
+  # The central square of the short side (an 80x60 frame: columns 10..69).
+  left = (SIZE[0] - SIZE[1]) // 2
+  square = frames[:, :, left : left + SIZE[1]]
+  # 60 -> 32 is less than 2x: plain bilinear (video_ops.resize_frames).
+  expected = tf.image.resize(square, [size, size]).numpy() / 255.0
+  np.testing.assert_allclose(predictor.preprocess(frames), expected, atol=1e-5)
+
+
 def test_predict_and_annotate_trained_lrcn(trained_workdir, videos, tmp_path):
   predictor = predict.load_predictor(trained_workdir[1])
   assert predictor.config.model.name == 'lrcn'
