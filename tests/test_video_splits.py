@@ -106,6 +106,10 @@ def test_hmdb51_official_lists(tmp_path):
 def test_official_without_files_is_an_error(tmp_path):
   with pytest.raises(UserError, match='neither UCF101'):
     assign(ucf_videos(), 'official', split_dir=str(tmp_path))
+  with pytest.raises(UserError, match='split_dir: no such folder: /no/such'):
+    assign(ucf_videos(), 'official', split_dir='/no/such')
+  with pytest.raises(UserError, match="'official' needs .*split_dir"):
+    assign(ucf_videos(), 'official')
 
 
 def test_official_lists_that_leak_a_group_are_refused(tmp_path):

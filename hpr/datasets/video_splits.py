@@ -198,10 +198,14 @@ def _key(v: VideoFile) -> str:
 
 def _official(videos, split_dir, number):
   """(train, test, unused count) from UCF101 or HMDB51 split files."""
-  if not split_dir or not os.path.isdir(split_dir):
+  if not split_dir:
     raise UserError(
-      f"split 'official' needs dataset.video_folder.split_dir, a folder of "
-      f'split files; got {split_dir!r}'
+      "split 'official' needs dataset.video_folder.split_dir, the folder of "
+      'the split files (UCF101 trainlist01.txt..., HMDB51 *_test_split1.txt)'
+    )
+  if not os.path.isdir(split_dir):
+    raise UserError(
+      f'dataset.video_folder.split_dir: no such folder: {split_dir}'
     )
   ucf_train = os.path.join(split_dir, f'trainlist{number:02d}.txt')
   ucf_test = os.path.join(split_dir, f'testlist{number:02d}.txt')
