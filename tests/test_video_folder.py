@@ -7,18 +7,24 @@ rate file and an odd frame size. It is prepared once for the module.
 """
 
 import fractions
+import io
 import json
 import os
+import subprocess
+import sys
 
 import av
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from hpr import input_pipeline
 from hpr.datasets import video_files, video_folder
 from hpr.errors import UserError
 from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CLASSES = ('Jump', 'Push', 'Wave')
 # Class -> (codec, extension): MPEG-4 AVI (UCF's), H.264 MP4, VP9 Matroska.
@@ -245,6 +251,48 @@ def test_bad_settings_are_one_line_errors(
   assert message in str(e.value) and '\n' not in str(e.value)
 
 
+@pytest.mark.parametrize(
+  'flags, message',
+  [
+    (
+      ['--config.dataset.video_folder.root=/no/such/UCF50'],
+      'dataset.video_folder.root: no such folder: /no/such/UCF50',
+    ),
+    (
+      ["--config.dataset.video_folder.classes=('Jump','Swim')"],
+      'dataset.video_folder.classes: no folder for Swim in ',
+    ),
+  ],
+)
+def test_cli_user_mistakes_are_one_line_errors(
+  video_root, tmp_path, flags, message
+):
+  root, _ = video_root
+  run = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'hpr.main',
+      '--config=configs/ucf50_lrcn_notebook.py',
+      f'--workdir={tmp_path / "w"}',
+      f'--config.dataset.video_folder.root={root}',
+      f'--config.dataset.data_dir={tmp_path / "tfds"}',
+      *flags,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+    # One CPU device, as a user has (the notebook config's batch is 4).
+    env={**os.environ, 'XLA_FLAGS': ''},
+  )
+  assert run.returncode == 1, run.stderr[-2000:]
+  assert (
+    run.stderr.strip().splitlines()[-1].startswith(f'hpr: error: {message}')
+  )
+  assert 'Traceback' not in run.stderr
+
+
 def test_empty_root_names_the_layout(tmp_path):
   (tmp_path / 'videos').mkdir()
   config = folder_config(str(tmp_path / 'videos'), str(tmp_path / 'tfds'))
@@ -273,6 +321,60 @@ def test_jpeg_ratio_decodes_as_small_as_the_crops_allow():
   assert ratio() == 2
   config.dataset.name = 'synthetic_actions/tiny'
   assert ratio() == 0  # Other datasets: format detected, full size.
+
+
+@pytest.mark.parametrize(
+  'rotation, corner', [(90, (1, 0)), (-90, (0, 1)), (180, (1, 1))]
+)
+def test_rotation_metadata_turns_frames_upright(tmp_path, rotation, corner):
+  # A phone-style file: 32x24 frames with a display rotation; a white block
+  # in the stored frames' top-left corner.
+  path = str(tmp_path / f'rotated{rotation}.mp4')
+  with av.open(path, 'w') as container:
+    stream = container.add_stream('mpeg4', rate=25)
+    stream.width, stream.height, stream.pix_fmt = 32, 24, 'yuv420p'
+    stream.set_display_rotation(rotation)
+    for _ in range(4):
+      frame = np.zeros((24, 32, 3), np.uint8)
+      frame[:6, :8] = 255
+      vf = av.VideoFrame.from_ndarray(frame, format='rgb24')
+      container.mux(stream.encode(vf))
+    container.mux(stream.encode(None))
+  options = video_files.EncodeOptions(short_side=0, min_frames=0)
+  result = video_files.encode_video((path, options))
+  assert result['status'] == 'ok'
+  upright = (24, 32) if rotation == 180 else (32, 24)  # (height, width)
+  assert (result['height'], result['width']) == upright
+  first = np.asarray(Image.open(io.BytesIO(result['frames'][0])))
+  assert first.shape[:2] == upright
+  # Display rotation is counterclockwise: 90 takes the block to the
+  # bottom-left, -90 to the top-right, 180 to the bottom-right.
+  rows, cols = np.nonzero(first[..., 0] > 200)
+  assert (rows.mean() > upright[0] / 2, cols.mean() > upright[1] / 2) == (
+    bool(corner[0]),
+    bool(corner[1]),
+  )
+
+
+def test_short_videos_follow_the_policy(tmp_path):
+  path = str(tmp_path / 'v_Jump_g01_c01.avi')
+  write_video(path, 'mpeg4', 3)
+  for policy, status in (('drop', 'dropped'), ('repeat_last', 'short')):
+    options = video_files.EncodeOptions(
+      short_side=16, min_frames=5, short_video=policy
+    )
+    result = video_files.encode_video((path, options))
+    assert result['status'] == status and result['source_frames'] == 3
+  assert len(result['frames']) == 5
+  assert result['frames'][2:] == [result['frames'][2]] * 3
+
+
+def test_counts_are_saved_in_the_dataset_info(prepared):
+  _, builder, _ = prepared
+  # Read back from disk, as a later run sees them.
+  meta = tfds.builder_from_directory(builder.data_dir).info.metadata
+  assert meta['num_quarantined'] == 3 and meta['num_short'] == 1
+  assert meta['num_files'] == 15 + 7 and meta['short_video_policy'] == 'loop'
 
 
 def test_pad_frames_policies():
