@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   v.max_frames = 0
   # Videos with fewer frames are short: 'loop' plays them again up to
   # min_frames, 'repeat_last' holds the last frame, 'drop' leaves them out
-  # (the notebook). Set min_frames to at least input.num_frames.
+  # (the notebook). min_frames must be at least input.num_frames.
   v.min_frames = 20
   v.short_video = 'loop'
   # 'groups': by UCF group (v_<Class>_g<GG>_c<CC> names): test_groups, or

@@ -210,6 +210,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
       )
   _check_ranges(config.input)
   _check_dataset_name(config.dataset.name)
+  if config.dataset.name == 'video_folder':
+    _check_video_folder(config.dataset.video_folder, config.input.num_frames)
+
+
+def _check_video_folder(v: ml_collections.ConfigDict, num_frames: int) -> None:
+  if v.min_frames < num_frames:
+    raise ConfigError(
+      f'dataset.video_folder.min_frames: {v.min_frames} is below '
+      f'input.num_frames {num_frames}, so videos shorter than a clip would '
+      f'escape short_video={v.short_video!r}; set it to at least {num_frames}'
+    )
+  if 0 < v.max_frames < v.min_frames:
+    raise ConfigError(
+      f'dataset.video_folder.max_frames: {v.max_frames} is below min_frames '
+      f'{v.min_frames}; every video would be short'
+    )
 
 
 def _check_ranges(i: ml_collections.ConfigDict) -> None:

@@ -119,3 +119,18 @@ def test_crop_ranges():
 def test_three_test_crops_or_one():
   msg = _bad(lambda c: setattr(c.eval, 'num_test_crops', 2))
   assert 'eval.num_test_crops' in msg
+
+
+def test_video_folder_frame_counts_cover_a_clip():
+  def short_min(c):
+    c.dataset.name = 'video_folder'
+    c.input.num_frames = 20
+    c.dataset.video_folder.min_frames = 16
+
+  assert _bad(short_min).startswith('dataset.video_folder.min_frames: 16 ')
+
+  def capped(c):
+    c.dataset.name = 'video_folder'
+    c.dataset.video_folder.max_frames = 10
+
+  assert 'max_frames: 10 is below min_frames 20' in _bad(capped)
