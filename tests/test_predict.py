@@ -111,7 +111,9 @@ def _write_video(path, class_name='Waving', num_frames=45, fps=25.0):
 
 
 def _preprocess(frames, size):
-  video = tf.image.resize(frames, [size, size], 'bilinear', antialias=True)
+  # More than 2x smaller: area averaging (video_ops.resize_frames).
+  assert max(frames.shape[1:3]) > 2 * size
+  video = tf.image.resize(frames, [size, size], 'area')
   return tf.cast(video, tf.float32).numpy()
 
 
