@@ -40,7 +40,6 @@ def export(
     limit: write at most this many videos (0: all).
   """
   import ml_collections
-  import tensorflow_datasets as tfds
 
   from hpr import input_pipeline
 
@@ -49,6 +48,30 @@ def export(
   builder = input_pipeline.get_builder(
     ml_collections.ConfigDict({'name': dataset, 'data_dir': data_dir})
   )
+  return export_builder(
+    builder,
+    out,
+    width=width,
+    height=height,
+    codec=codec,
+    extension=extension,
+    limit=limit,
+  )
+
+
+def export_builder(
+  builder,
+  out: str,
+  *,
+  width: int = 0,
+  height: int = 0,
+  codec: str = 'mpeg4',
+  extension: str = '.avi',
+  limit: int = 0,
+) -> list[str]:
+  """`export` of a prepared synthetic_actions builder (any config)."""
+  import tensorflow_datasets as tfds
+
   names = builder.info.features['label'].names
   paths = []
   for split in builder.info.splits:
