@@ -17,7 +17,7 @@ r"""Speed of video_folder: preparation (videos/s) and the input pipeline
    so the training split has all but 24 videos), in two settings: the
    notebook's (uniform sampling, whole frame resized, pixel / 255) and the
    augmented default (random resized crop, flip, colour jitter,
-   clip-centred): clips/s over whole epochs, each epoch's start (file
+   pixels in [-1, 1]): clips/s over whole epochs, each epoch's start (file
    reading, shuffle buffer, first batch) included; the first batch of the
    run, which traces the tf.data functions, is left out.
 4. Times the jitted training step of the notebook's LRCN ('seed_lrcn' of

@@ -28,8 +28,9 @@ def real_video_input(config) -> None:
   i.train_crop = 'random_resized'
   i.eval_crop = 'center'
   i.color_jitter = 0.2
-  # The synthetic default subtracts the clip's mean frame; real videos move
-  # the camera, so plain [-1, 1] pixels.
+  # Plain [-1, 1] pixels (as the default), not 'clip_centered': real videos
+  # move the camera, so subtracting the clip's mean frame removes no
+  # background.
   i.normalization = 'centered'
   v = config.dataset.video_folder
   v.short_side = 128
