@@ -60,7 +60,7 @@ def get_builder(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 
   data_dir = os.path.expanduser(dataset.data_dir) if dataset.data_dir else None
   if dataset.name == 'video_folder':
-    from hpr.datasets import video_folder
+    from hpr.datasets import video_files, video_folder
 
     if 'video_folder' not in dataset:
       raise UserError(
@@ -70,6 +70,9 @@ def get_builder(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 
     config = video_folder.config_from(dataset.video_folder)
     builder = tfds.builder(dataset.name, config=config, data_dir=data_dir)
+    if not builder.is_prepared():
+      # A wrong root fails here, before TFDS makes a directory for it.
+      video_files.list_classes(config.root)
   else:
     builder = tfds.builder(dataset.name, data_dir=data_dir)
   if not builder.is_prepared():
