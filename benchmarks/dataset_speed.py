@@ -21,8 +21,9 @@ r"""Speed of video_folder: preparation (videos/s) and the input pipeline
    reading, shuffle buffer, first batch) included; the first batch of the
    run, which traces the tf.data functions, is left out.
 4. Times the jitted training step of the notebook's LRCN ('seed_lrcn' of
-   benchmarks/train_speed.py) at batch 32 on 20x64x64 clips on the same
-   machine (median of --steps steps) and prints how many times faster the
+   benchmarks/train_speed.py, whose worker times it in a process of its
+   own) at batch 32 on 20x64x64 clips on the same machine (median of
+   --steps steps) and prints how many times faster the
    pipeline is; it must be at least 3x, so input is never the bottleneck.
 """
 
@@ -154,40 +155,6 @@ def time_pipeline(config, builder, clips: int) -> dict:
   }
 
 
-def time_train_step(steps: int, batch_size: int = 32) -> float:
-  """Clips/s of the notebook LRCN's jitted train step (median step)."""
-  import jax
-  import numpy as np
-
-  from hpr import parallel, train_state
-
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from train_speed import load_config
-
-  config = load_config('seed_lrcn')
-  config.training.batch_size = batch_size
-  config.input.num_frames, config.input.image_size = 20, 64
-  mesh = parallel.make_mesh()
-  ts = train_state.create_train_state(config, NUM_CLASSES, mesh, 100)
-  step_fn = train_state.jit_train_step(ts, mesh, seed=0, label_smoothing=0.0)
-  rng = np.random.default_rng(0)
-  batch = parallel.shard_batch(
-    {
-      'video': rng.random((batch_size, 20, 64, 64, 3), dtype=np.float32),
-      'label': rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
-    },
-    mesh,
-  )
-  state = ts.state
-  times = []
-  for i in range(steps + 3):  # 3 to compile and warm up.
-    t0 = time.perf_counter()
-    state, loss = step_fn(state, batch, i)
-    jax.block_until_ready((state, loss))
-    times.append(time.perf_counter() - t0)
-  return batch_size / statistics.median(times[3:])
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--videos', type=int, default=360)
@@ -235,7 +202,10 @@ def main() -> None:
       f'to its first batch; {r["cpu_ms_per_clip"]:.2f} CPU ms per clip)'
     )
   if args.steps:
-    step = time_train_step(args.steps)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from train_speed import measure
+
+    step = measure('seed_lrcn', 32, args.steps, NUM_CLASSES)['clips_per_s']
     print(f'LRCN train step (seed_lrcn, batch 32): {step:.1f} clips/s')
     for name, rate in rates.items():
       print(f'pipeline ({name}) / train step: {rate / step:.1f}x')

@@ -199,6 +199,20 @@ def peak_worker() -> dict:
   return {'matmul_gflops': 2 * n**3 / min(times) / 1e9}
 
 
+def measure(model: str, batch_size: int, steps: int, num_classes: int = 4):
+  """One entry's numbers (the worker below, in a process of its own), for
+  other benchmarks that report a step beside their own figures."""
+  return _spawn([
+    '--worker',
+    f'--model={model}',
+    f'--batch_size={batch_size}',
+    f'--steps={steps}',
+    '--warmup=3',
+    '--infer_batch=32',
+    f'--num_classes={num_classes}',
+  ])  # fmt: skip
+
+
 def _spawn(argv: list[str]) -> dict:
   result = subprocess.run(
     [sys.executable, os.path.abspath(__file__), *argv],

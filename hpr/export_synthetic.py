@@ -22,11 +22,7 @@ def export(
   dataset: str = 'synthetic_actions/tiny',
   *,
   data_dir: str = '',
-  width: int = 0,
-  height: int = 0,
-  codec: str = 'mpeg4',
-  extension: str = '.avi',
-  limit: int = 0,
+  **options,
 ) -> list[str]:
   """Writes every video of `dataset` under `out`; returns the paths.
 
@@ -34,10 +30,7 @@ def export(
     out: the folder to create the class folders in.
     dataset: a prepared or preparable synthetic_actions config.
     data_dir: TFDS data_dir ('' for TFDS's default).
-    width, height: frame size of the files; 0 keeps the dataset's.
-    codec: PyAV codec name.
-    extension: the files' extension (picks the container).
-    limit: write at most this many videos (0: all).
+    **options: `export_builder`'s (width, height, codec, extension, limit).
   """
   import ml_collections
 
@@ -48,15 +41,7 @@ def export(
   builder = input_pipeline.get_builder(
     ml_collections.ConfigDict({'name': dataset, 'data_dir': data_dir})
   )
-  return export_builder(
-    builder,
-    out,
-    width=width,
-    height=height,
-    codec=codec,
-    extension=extension,
-    limit=limit,
-  )
+  return export_builder(builder, out, **options)
 
 
 def export_builder(
@@ -69,23 +54,39 @@ def export_builder(
   extension: str = '.avi',
   limit: int = 0,
 ) -> list[str]:
-  """`export` of a prepared synthetic_actions builder (any config)."""
+  """Writes every video of a prepared synthetic_actions builder (any
+  config) under `out`, with a progress bar; returns the paths.
+
+  Args:
+    builder: the prepared builder.
+    out: the folder to create the class folders in.
+    width, height: frame size of the files; 0 keeps the dataset's.
+    codec: PyAV codec name.
+    extension: the files' extension (picks the container).
+    limit: write at most this many videos (0: all).
+  """
   import tensorflow_datasets as tfds
+  import tqdm
 
   names = builder.info.features['label'].names
+  splits = builder.info.splits
+  total = sum(splits[split].num_examples for split in splits)
+  total = min(total, limit) if limit else total
   paths = []
-  for split in builder.info.splits:
-    for ex in tfds.as_numpy(builder.as_dataset(split=split)):
-      if limit and len(paths) >= limit:
-        return paths
-      class_name = names[ex['label']]
-      folder = os.path.join(out, class_name)
-      os.makedirs(folder, exist_ok=True)
-      path = os.path.join(folder, ex['video_id'].decode() + extension)
-      video_io.write_file(
-        path, _resized(ex['video'], width, height), float(ex['fps']), codec
-      )
-      paths.append(path)
+  with tqdm.tqdm(total=total, unit='video', desc='exporting') as progress:
+    for split in splits:
+      for ex in tfds.as_numpy(builder.as_dataset(split=split)):
+        if len(paths) == total:
+          return paths
+        class_name = names[ex['label']]
+        folder = os.path.join(out, class_name)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, ex['video_id'].decode() + extension)
+        video_io.write_file(
+          path, _resized(ex['video'], width, height), float(ex['fps']), codec
+        )
+        paths.append(path)
+        progress.update()
   return paths
 
 
