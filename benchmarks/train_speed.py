@@ -73,6 +73,8 @@ def load_config(model: str):
       config.model[seed['name']][key] = value
     config.optimizer.schedule = 'constant'  # The notebook's Adam.
     config.optimizer.learning_rate = 1e-3
+    # The notebook's clips (and the anchors'), whatever the default's are.
+    config.input.num_frames, config.input.image_size = 20, 64
   else:
     config = config_lib.load_config_file(model)
   return config
