@@ -108,10 +108,12 @@ def worker(args) -> dict:
     jit_train_step,
   )
 
-  cli.enable_compilation_cache(args.cache_dir)
   config = load_config(args.model)
   batch_size = args.batch_size
   config.training.batch_size = batch_size
+  # The devices `python -m hpr.main` would run this config on.
+  cli.configure_cpu_devices(config.cpu_devices, (batch_size, args.infer_batch))
+  cli.enable_compilation_cache(args.cache_dir)
   mesh = parallel.make_mesh()
   num_classes = args.num_classes
   clip_shape = (

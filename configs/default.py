@@ -190,4 +190,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Persistent JAX compilation cache, so the second run of a config starts at
   # once. '' turns it off.
   config.jax_cache_dir = '~/.cache/hpr/jax'
+  # On a host without GPU or TPU: split the CPU into this many JAX devices
+  # and shard each batch over them as over GPUs, so the step's small ops run
+  # on several cores at once (faster on 2+ cores: benchmarks/README.md).
+  # Lowered to the largest count that divides both batch sizes; 1 = one
+  # device. Ignored with a GPU or TPU, or when XLA_FLAGS sets
+  # --xla_force_host_platform_device_count.
+  config.cpu_devices = 2
   return config

@@ -51,6 +51,37 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
+def configure_cpu_devices(count: int, batch_sizes: tuple[int, ...] = ()) -> int:
+  """Splits a CPU-only host into `count` XLA devices (jax_num_cpu_devices).
+
+  The batch is then sharded over them as over GPUs: XLA:CPU runs each
+  device's step on its own thread, so the many small memory-bound ops of
+  these models use more than one core (+15-30% per step on 2 cores,
+  benchmarks/README.md). Call it before JAX runs anything; it changes
+  nothing on a GPU or TPU host, after JAX has started (then the devices
+  stay as they are), or when XLA_FLAGS already asks for fake CPU devices.
+
+  Args:
+    count: devices wanted (config.cpu_devices); 1 leaves the host whole.
+    batch_sizes: batch sizes that must split evenly: count is lowered to
+      the largest number that divides them all.
+
+  Returns:
+    The count asked of JAX (after lowering), or 0 where nothing was set.
+  """
+  if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
+    return 0
+  while count > 1 and any(size % count for size in batch_sizes):
+    count -= 1
+  import jax
+
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:  # JAX has started: its devices are fixed.
+    return 0
+  return count
+
+
 def run(main: Callable[[], None]) -> None:
   """Runs a tool's main(); a `UserError` ends it with one line.
 

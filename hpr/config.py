@@ -45,6 +45,7 @@ _MAYBE_EMPTY = {
 }
 # Integers (or tuples of integers) that must be >= 1.
 _POSITIVE = (
+  'cpu_devices',
   'input.num_frames',
   'input.image_size',
   'input.frame_stride',

@@ -137,6 +137,9 @@ def _setup(config) -> None:
   tf.config.set_visible_devices([], 'GPU')
   if FLAGS.jax_distributed or 'JAX_COORDINATOR_ADDRESS' in os.environ:
     jax.distributed.initialize()
+  cli.configure_cpu_devices(
+    config.cpu_devices, (config.training.batch_size, config.eval.batch_size)
+  )
   cli.enable_compilation_cache(config.jax_cache_dir)
 
 

@@ -1,5 +1,5 @@
-"""The optimised ConvLSTM (input conv hoisted out of the time loop, convs as
-patches @ kernel, recurrent conv rematerialised, scan unrolled or not)
+"""The optimised ConvLSTM (time-major, convs as patches @ kernel and
+rematerialised in the backward pass, scan unrolled or not)
 against the straightforward formulation: a Python loop over time with
 `lax.conv_general_dilated` for both convolutions, as the Keras equations
 read. Forward and gradients agree to 1e-5 relative error."""

@@ -1,6 +1,7 @@
 """Convolutional LSTM (Shi et al., 2015) with Keras ConvLSTM2D semantics, and
 the ConvLSTM video classifier of the Keras action-recognition notebook."""
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -22,6 +23,15 @@ def _recurrent_conv(h: Array, kernel: Array) -> Array:
   step on CPU, benchmarks/README.md). The result is identical.
   """
   return layers.conv2d(h, kernel, (1, 1), 'same')
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def _input_conv(
+  x: Array, kernel: Array, strides: tuple[int, int], padding: str
+) -> Array:
+  """The input convolution, rematerialised in the backward pass for the
+  same reason as `_recurrent_conv` (its patches are 9x the input)."""
+  return layers.conv2d(x, kernel, strides, padding)
 
 
 class ConvLSTMCell(layers.KerasLSTMCellBase):
@@ -92,7 +102,7 @@ class ConvLSTMCell(layers.KerasLSTMCellBase):
 
   def project_inputs(self, x: Array) -> Array:
     # x: (..., H, W, C) -> (..., H', W', 4F)
-    z = layers.conv2d(x, self.kernel[...], self.strides, self.padding)
+    z = _input_conv(x, self.kernel[...], self.strides, self.padding)
     return z if self.bias is None else z + self.bias[...]
 
   def project_hidden(self, h: Array) -> Array:
@@ -160,7 +170,24 @@ class ConvLSTM(nnx.Module):
     self.unroll = unroll
 
   def __call__(self, x: Array) -> Array:
-    return self.from_projection(self.cell.project_inputs(x))
+    y = self.time_major(jnp.swapaxes(x, 0, 1))
+    return jnp.swapaxes(y, 0, 1) if self.return_sequences else y
+
+  def time_major(self, x: Array) -> Array:
+    """The layer on a time-major (T, B, H, W, C) input: (T, B, H', W', F),
+    or (B, H', W', F) without return_sequences.
+
+    Each step's input convolution runs inside the time loop, on that step's
+    B frames, instead of over all T * B frames before it: on a CPU the
+    gates of the whole clip (4F channels per pixel and step) would make a
+    round trip through memory, while one step's stay in cache.
+    """
+    return layers.run_lstm_time_major(
+      self.cell,
+      x,
+      return_sequences=self.return_sequences,
+      unroll=self.unroll,
+    )
 
   def from_projection(self, gates_x: Array) -> Array:
     """The layer's output from `self.cell.project_inputs(x)`."""
@@ -262,8 +289,23 @@ class ConvLSTMClassifier(nnx.Module):
     )
 
   def __call__(self, x: Array) -> Array:
-    # x: (B, T, H, W, C) -> logits: (B, num_classes)
-    return self.from_input_projection(self.input_projection(x))
+    # x: (B, T, H, W, C) -> logits: (B, num_classes). Time-major inside, so
+    # no layer's input or output is transposed for its time loop.
+    x = jnp.swapaxes(x, 0, 1)
+    for i, convlstm in enumerate(self.convlstms):
+      x = layers.max_pool(convlstm.time_major(x), self.pool_size, 'same')
+      if i < len(self.dropouts):
+        # The mask of a batch-major input, so the numbers do not depend on
+        # the layout.
+        mask = layers.dropout_mask(
+          self.dropouts[i], (x.shape[1], x.shape[0]) + x.shape[2:]
+        )
+        x = layers.apply_dropout_mask(
+          x,
+          None if mask is None else jnp.swapaxes(mask, 0, 1),
+          self.dropouts[i].rate,
+        )
+    return self._head(jnp.swapaxes(x, 0, 1))
 
   def input_projection(self, x: Array) -> Array:
     """The first layer's input convolution, (..., H, W, C) -> (..., H', W',
@@ -279,6 +321,10 @@ class ConvLSTMClassifier(nnx.Module):
       x = layers.max_pool(x, self.pool_size, 'same')
       if i < len(self.dropouts):
         x = self.dropouts[i](x)
+    return self._head(x)
+
+  def _head(self, x: Array) -> Array:
+    # x: (B, T, H, W, C) -> (B, num_classes)
     if self.head == 'flatten':
       # Row-major (T, H, W, C) order, as Keras' Flatten, for weight import.
       x = x.reshape(x.shape[0], -1)

@@ -182,6 +182,30 @@ def max_pool(x: Array, window: Sequence[int], padding: str) -> Array:
   return jnp.max(x, axis=(-4, -2))
 
 
+def dropout_mask(dropout: nnx.Dropout, shape: Sequence[int]) -> Array | None:
+  """The keep mask `dropout` would draw for an input of `shape`, or None
+  where it is off (eval mode or rate 0).
+
+  Draws one key from the module's stream, exactly as `nnx.Dropout` does, so
+  `apply_dropout_mask(x, dropout_mask(d, x.shape), d.rate)` equals `d(x)`
+  and a caller can draw the mask in one layout and apply it in another.
+  """
+  if dropout.deterministic or dropout.rate == 0.0:
+    return None
+  if dropout.rngs is None:
+    raise ValueError('dropout is on but the module has no rngs')
+  return jax.random.bernoulli(dropout.rngs(), 1.0 - dropout.rate, shape)
+
+
+def apply_dropout_mask(x: Array, mask: Array | None, rate: float) -> Array:
+  """x where mask is set, scaled by 1 / (1 - rate); 0 elsewhere (as
+  `nnx.Dropout`)."""
+  if mask is None:
+    return x
+  keep = 1.0 - rate
+  return jax.lax.select(mask, x / keep if keep else x, jnp.zeros_like(x))
+
+
 class Conv2D(nnx.Module):
   """Keras `Conv2D` (no activation): `kernel` (kh, kw, in, F), `bias` (F).
 
@@ -351,6 +375,29 @@ def run_lstm_projected(
 
   (_, h), hs = jax.lax.scan(body, (h, h), gates_x, unroll=unroll)
   return jnp.swapaxes(hs, 0, 1) if return_sequences else h
+
+
+def run_lstm_time_major(
+  cell: KerasLSTMCellBase,
+  x: Array,
+  *,
+  return_sequences: bool = True,
+  unroll: int | bool = 1,
+) -> Array:
+  """`run_lstm` on a time-major (T, B, ...) input, projecting each step's
+  input inside the time loop.
+
+  Returns (T, B, *features_out) if return_sequences else (B,
+  *features_out). The same numbers as `run_lstm` on the transposed input.
+  """
+  c, h = cell.initialize_carry(x.shape[1:])
+  mask = cell.recurrent_dropout_mask(h)
+
+  def body(carry, x_t):
+    return cell.step(carry, cell.project_inputs(x_t), mask)
+
+  (_, h), hs = jax.lax.scan(body, (c, h), x, unroll=unroll)
+  return hs if return_sequences else h
 
 
 class LSTMCell(KerasLSTMCellBase):

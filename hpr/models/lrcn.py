@@ -4,6 +4,7 @@ encoder followed by an LSTM over the frame features."""
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from hpr.models import layers
@@ -16,6 +17,13 @@ class FrameCNN(nnx.Module):
 
   Dropout follows every block but the last, as in the notebook; pools are
   Keras' default 'valid'.
+
+  The frames go through the blocks `chunk_frames` at a time (a `lax.map`
+  whose body is rematerialised in the backward pass), so each chunk's
+  patches and activations stay in the CPU caches instead of making several
+  trips through memory for the whole batch: the same numbers, 1.3-2.5x
+  faster on a CPU (benchmarks/README.md). Dropout masks are drawn for the
+  whole batch at once, exactly as `nnx.Dropout` draws them.
   """
 
   def __init__(
@@ -26,6 +34,7 @@ class FrameCNN(nnx.Module):
     kernel_size: Sequence[int],
     pool_sizes: Sequence[int],
     dropout: float,
+    chunk_frames: int = 32,
     rngs: nnx.Rngs,
   ):
     """Builds the encoder.
@@ -36,8 +45,13 @@ class FrameCNN(nnx.Module):
       kernel_size: (kh, kw) of every conv.
       pool_sizes: square max-pool window (and stride) of each block.
       dropout: rate of the dropout after every block but the last.
+      chunk_frames: at most this many frames go through the blocks at a
+        time (0: all at once). Changes speed and memory, not the result.
       rngs: 'params' and 'dropout' streams.
     """
+    if chunk_frames < 0:
+      raise ValueError(f'chunk_frames must be >= 0, got {chunk_frames}')
+    self.chunk_frames = chunk_frames
     if len(pool_sizes) != len(conv_features):
       raise ValueError(
         f'pool_sizes {tuple(pool_sizes)} needs one entry per conv block '
@@ -66,17 +80,69 @@ class FrameCNN(nnx.Module):
     self.out_features = height * width * channels
 
   def __call__(self, x: Array) -> Array:
-    # x: (..., H, W, C) -> (..., out_features); all B * T frames go through
-    # each op at once, as one flat (N, H, W, C) batch (faster on XLA:CPU).
+    # x: (..., H, W, C) -> (..., out_features), every frame on its own.
     batch = x.shape[:-3]
-    x = x.reshape((-1,) + x.shape[-3:])
-    for i, (conv, pool) in enumerate(
-      zip(self.convs, self.pool_sizes, strict=True)
+    frames = x.reshape((-1,) + x.shape[-3:])  # (N, H, W, C)
+    masks = self._dropout_masks(frames)
+    params = [(conv.kernel[...], conv.bias[...]) for conv in self.convs]
+
+    def encode(frames, masks):
+      for i, ((kernel, bias), conv, pool) in enumerate(
+        zip(params, self.convs, self.pool_sizes, strict=True)
+      ):
+        y = layers.conv2d(frames, kernel, conv.strides, conv.padding) + bias
+        frames = layers.max_pool(jax.nn.relu(y), (pool, pool), 'valid')
+        if i < len(masks):
+          frames = layers.apply_dropout_mask(
+            frames, masks[i], self.dropouts[i].rate
+          )
+      return frames.reshape(frames.shape[0], -1)
+
+    num = frames.shape[0]
+    chunks = _num_chunks(num, self.chunk_frames)
+    if chunks == 1:
+      out = encode(frames, masks)
+    else:
+      # Chunk j holds frames j, j + chunks, j + 2 chunks, ...: a batch
+      # sharded along its first axis stays sharded along the chunk's.
+      def split(a):
+        return (
+          None
+          if a is None
+          else jnp.moveaxis(
+            a.reshape((num // chunks, chunks) + a.shape[1:]), 1, 0
+          )
+        )
+
+      body = jax.checkpoint(lambda args: encode(*args))
+      out = jax.lax.map(body, (split(frames), [split(m) for m in masks]))
+      out = jnp.moveaxis(out, 0, 1).reshape(num, -1)
+    return out.reshape(batch + (-1,))
+
+  def _dropout_masks(self, frames: Array) -> list[Array | None]:
+    """Each dropout's keep mask for the whole (N, H, W, C) batch, drawn as
+    nnx.Dropout draws it, or None where it is off."""
+    masks = []
+    height, width = frames.shape[1:3]
+    # One dropout per block but the last: zip stops there.
+    for conv, pool, dropout in zip(
+      self.convs, self.pool_sizes, self.dropouts, strict=False
     ):
-      x = layers.max_pool(jax.nn.relu(conv(x)), (pool, pool), 'valid')
-      if i < len(self.dropouts):
-        x = self.dropouts[i](x)
-    return x.reshape(batch + (-1,))
+      height, width = height // pool, width // pool
+      features = conv.kernel[...].shape[-1]
+      shape = (frames.shape[0], height, width, features)
+      masks.append(layers.dropout_mask(dropout, shape))
+    return masks
+
+
+def _num_chunks(num_frames: int, chunk_frames: int) -> int:
+  """The fewest chunks that divide num_frames into at most chunk_frames."""
+  if chunk_frames == 0 or num_frames <= chunk_frames:
+    return 1
+  for chunks in range(-(-num_frames // chunk_frames), num_frames + 1):
+    if num_frames % chunks == 0:
+      return chunks
+  return num_frames
 
 
 class LRCN(nnx.Module):
