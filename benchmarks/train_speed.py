@@ -6,7 +6,8 @@ r"""Training-step speed of hpr's models on this machine.
 
 For each model and batch size, in a process of its own (so peak memory and
 thread pools are its own), on random clips (float32, 20x64x64x3 unless the
-config says otherwise):
+config says otherwise), on the devices `python -m hpr.main` would use (on a
+CPU, `config.cpu_devices` of them):
 
 - training: hpr's jitted train step (forward, backward, Adam, metrics, the
   one `hpr.train` runs), the median and spread (10th-90th percentile) of
@@ -17,7 +18,9 @@ config says otherwise):
   filled by the first (what a second run of a config pays), plus that
   process's start-up to the end of its first step;
 - FLOPs: XLA's cost analysis of the train step compiled with every time
-  loop unrolled (XLA counts a loop body once), the achieved GFLOP/s and its
+  loop unrolled and the LRCN's frames in one chunk (XLA counts a loop body
+  once), times the devices (it costs one device's part), the achieved
+  GFLOP/s and its
   fraction of this machine's float32 matmul peak (a 4096x4096 matmul in JAX,
   measured here);
 - peak host memory of the process (ru_maxrss).
@@ -138,7 +141,12 @@ def worker(args) -> dict:
   ts = create_train_state(config, num_classes, mesh, 100, model=model)
   step = jit_train_step(ts, mesh, seed=0, label_smoothing=0.0)
   batch = make_batch(batch_size)
-  out = {'model': args.model, 'batch_size': batch_size, 'params': int(params)}
+  out = {
+    'model': args.model,
+    'batch_size': batch_size,
+    'params': int(params),
+    'devices': jax.device_count(),
+  }
 
   t0 = time.perf_counter()
   compiled = step.lower(ts.state, batch, 0).compile()
@@ -175,16 +183,20 @@ def worker(args) -> dict:
     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   )
 
-  # FLOPs: the same step with every time loop unrolled.
+  # FLOPs: the same step with every time loop unrolled and the LRCN's
+  # frames in one chunk (XLA counts a loop body once).
   unrolled = build_model(config, num_classes)
   for _, module in nnx.iter_graph(unrolled):
     if hasattr(module, 'unroll'):
       module.unroll = True
+    if hasattr(module, 'chunk_frames'):
+      module.chunk_frames = 0
   uts = create_train_state(config, num_classes, mesh, 100, model=unrolled)
   ustep = jit_train_step(uts, mesh, seed=0, label_smoothing=0.0)
   cost = ustep.lower(uts.state, batch, 0).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost
-  out['gflop_per_step'] = float(cost['flops']) / 1e9
+  # The cost of one device's part of the sharded step.
+  out['gflop_per_step'] = float(cost['flops']) * jax.device_count() / 1e9
   out['gflops'] = out['gflop_per_step'] / median
   return out
 
@@ -244,14 +256,15 @@ def machine() -> str:
 
 def table(results: list[dict], peak: float) -> str:
   rows = [
-    '| model | batch | train clips/s | step ms (p10-p90) | GFLOP/step | '
+    '| model | batch | devices | train clips/s | step ms (p10-p90) | GFLOP/step | '
     'GFLOP/s | % of peak | infer clips/s | compile s (cold / cached) | '
     'start-up s (cached) | peak RSS MiB |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for r in results:
     rows.append(
-      f'| {r["model"]} | {r["batch_size"]} | {r["clips_per_s"]:.1f} | '
+      f'| {r["model"]} | {r["batch_size"]} | {r["devices"]} | '
+      f'{r["clips_per_s"]:.1f} | '
       f'{r["step_ms"]:.1f} ({r["step_ms_p10"]:.1f}-{r["step_ms_p90"]:.1f}) | '
       f'{r["gflop_per_step"]:.2f} | {r["gflops"]:.1f} | '
       f'{100 * r["gflops"] / peak:.1f} | {r["infer_clips_per_s"]:.1f} | '

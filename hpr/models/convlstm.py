@@ -1,7 +1,6 @@
 """Convolutional LSTM (Shi et al., 2015) with Keras ConvLSTM2D semantics, and
 the ConvLSTM video classifier of the Keras action-recognition notebook."""
 
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -15,7 +14,9 @@ Array = jax.Array
 
 @jax.checkpoint
 def _recurrent_conv(h: Array, kernel: Array) -> Array:
-  """The recurrent 'same' convolution, rematerialised in the backward pass.
+  """The recurrent 'same' convolution, rematerialised in the backward pass
+  (for `step`, the path of a precomputed input projection; the time-major
+  path rematerialises whole steps).
 
   Inside `jax.lax.scan` autodiff would otherwise keep every step's im2col
   patches (9x the size of h) for the backward pass; recomputing them from h
@@ -23,15 +24,6 @@ def _recurrent_conv(h: Array, kernel: Array) -> Array:
   step on CPU, benchmarks/README.md). The result is identical.
   """
   return layers.conv2d(h, kernel, (1, 1), 'same')
-
-
-@functools.partial(jax.checkpoint, static_argnums=(2, 3))
-def _input_conv(
-  x: Array, kernel: Array, strides: tuple[int, int], padding: str
-) -> Array:
-  """The input convolution, rematerialised in the backward pass for the
-  same reason as `_recurrent_conv` (its patches are 9x the input)."""
-  return layers.conv2d(x, kernel, strides, padding)
 
 
 class ConvLSTMCell(layers.KerasLSTMCellBase):
@@ -102,12 +94,39 @@ class ConvLSTMCell(layers.KerasLSTMCellBase):
 
   def project_inputs(self, x: Array) -> Array:
     # x: (..., H, W, C) -> (..., H', W', 4F)
-    z = _input_conv(x, self.kernel[...], self.strides, self.padding)
+    z = layers.conv2d(x, self.kernel[...], self.strides, self.padding)
     return z if self.bias is None else z + self.bias[...]
 
   def project_hidden(self, h: Array) -> Array:
     # h: (..., H', W', F) -> (..., H', W', 4F)
     return _recurrent_conv(h, self.recurrent_kernel[...])
+
+  def step_inputs(
+    self,
+    carry: tuple[Array, Array],
+    x: Array,
+    recurrent_mask: Array | None = None,
+  ) -> tuple[tuple[Array, Array], Array]:
+    """`step` from the step's input x: both convolutions as one matmul of
+    the input's and the hidden state's patches side by side."""
+    c, h = carry
+    if recurrent_mask is not None:
+      h = h * recurrent_mask
+    kernel = jnp.concatenate(
+      [
+        self.kernel[...].reshape(-1, 4 * self.features),
+        self.recurrent_kernel[...].reshape(-1, 4 * self.features),
+      ]
+    )
+    p = jnp.concatenate(
+      [
+        layers.patches(x, self.kernel_size, self.strides, self.padding),
+        layers.patches(h, self.kernel_size, (1, 1), 'same'),
+      ],
+      axis=-1,
+    )
+    z = p @ kernel
+    return self.update(c, z if self.bias is None else z + self.bias[...])
 
   def output_spatial_shape(self, height: int, width: int) -> tuple[int, int]:
     """(H', W') of the cell's output for an (H, W) input."""
@@ -178,9 +197,11 @@ class ConvLSTM(nnx.Module):
     or (B, H', W', F) without return_sequences.
 
     Each step's input convolution runs inside the time loop, on that step's
-    B frames, instead of over all T * B frames before it: on a CPU the
-    gates of the whole clip (4F channels per pixel and step) would make a
-    round trip through memory, while one step's stay in cache.
+    B frames, as one matmul with the recurrent convolution
+    (`ConvLSTMCell.step_inputs`), instead of over all T * B frames before
+    it: on a CPU the gates of the whole clip (4F channels per pixel and
+    step) would make a round trip through memory, while one step's stay in
+    cache. The backward pass recomputes each step (`run_lstm_time_major`).
     """
     return layers.run_lstm_time_major(
       self.cell,

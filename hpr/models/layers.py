@@ -122,6 +122,15 @@ def conv2d(
     (..., H', W', F).
   """
   kh, kw, _, features = kernel.shape
+  return patches(x, (kh, kw), strides, padding) @ kernel.reshape(-1, features)
+
+
+def patches(
+  x: Array, kernel_size: Sequence[int], strides: Sequence[int], padding: str
+) -> Array:
+  """The im2col patches of a conv: (..., H, W, C) -> (..., H', W', kh kw C),
+  ordered (dy, dx, c) to match `kernel.reshape(-1, F)` of a Keras kernel."""
+  kh, kw = kernel_size
   sh, sw = strides
   batch, (height, width) = x.shape[:-3], x.shape[-3:-1]
   # One flat batch axis: XLA:CPU is faster on (N, H, W, C) than on more axes.
@@ -131,8 +140,7 @@ def conv2d(
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   out_h = conv_output_size(height, kh, sh, padding)
   out_w = conv_output_size(width, kw, sw, padding)
-  # Slices in (dy, dx) order, channels last: matches kernel.reshape(-1, F).
-  patches = jnp.concatenate(
+  out = jnp.concatenate(
     [
       x[
         ...,
@@ -145,8 +153,7 @@ def conv2d(
     ],
     axis=-1,
   )
-  y = patches @ kernel.reshape(-1, features)
-  return y.reshape(batch + y.shape[1:])
+  return out.reshape(batch + out.shape[1:])
 
 
 def max_pool(x: Array, window: Sequence[int], padding: str) -> Array:
@@ -294,7 +301,10 @@ class KerasLSTMCellBase(nnx.RNNCellBase):
     c, h = carry
     if recurrent_mask is not None:
       h = h * recurrent_mask
-    z = gates_x + self.project_hidden(h)
+    return self.update(c, gates_x + self.project_hidden(h))
+
+  def update(self, c: Array, z: Array) -> tuple[tuple[Array, Array], Array]:
+    """The gate math: ((c', h'), h') from c and all four gates' inputs z."""
     z_i, z_f, z_c, z_o = jnp.split(z, 4, axis=-1)
     i = self.recurrent_activation(z_i)
     f = self.recurrent_activation(z_f)
@@ -302,6 +312,15 @@ class KerasLSTMCellBase(nnx.RNNCellBase):
     c = f * c + i * self.activation(z_c)
     h = o * self.activation(c)
     return (c, h), h
+
+  def step_inputs(
+    self,
+    carry: tuple[Array, Array],
+    x: Array,
+    recurrent_mask: Array | None = None,
+  ) -> tuple[tuple[Array, Array], Array]:
+    """`step` from the step's input x rather than its projection."""
+    return self.step(carry, self.project_inputs(x), recurrent_mask)
 
   def __call__(
     self, carry: tuple[Array, Array], inputs: Array
@@ -385,7 +404,7 @@ def run_lstm_time_major(
   unroll: int | bool = 1,
 ) -> Array:
   """`run_lstm` on a time-major (T, B, ...) input, projecting each step's
-  input inside the time loop.
+  input inside the time loop (`cell.step_inputs`).
 
   Returns (T, B, *features_out) if return_sequences else (B,
   *features_out). The same numbers as `run_lstm` on the transposed input.
@@ -393,8 +412,12 @@ def run_lstm_time_major(
   c, h = cell.initialize_carry(x.shape[1:])
   mask = cell.recurrent_dropout_mask(h)
 
+  # Rematerialised: the backward pass recomputes each step from its carry
+  # and input instead of reading back every intermediate of every step
+  # (patches, gates), which costs more on a CPU than computing them again.
+  @jax.checkpoint
   def body(carry, x_t):
-    return cell.step(carry, cell.project_inputs(x_t), mask)
+    return cell.step_inputs(carry, x_t, mask)
 
   (_, h), hs = jax.lax.scan(body, (c, h), x, unroll=unroll)
   return hs if return_sequences else h
