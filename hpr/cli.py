@@ -56,8 +56,8 @@ def configure_cpu_devices(count: int, batch_sizes: tuple[int, ...] = ()) -> int:
 
   The batch is then sharded over them as over GPUs: XLA:CPU runs each
   device's step on its own thread, so the many small memory-bound ops of
-  these models use more than one core (+15-30% per step on 2 cores,
-  benchmarks/README.md). Call it before JAX runs anything; it changes
+  these models use more than one core (+8-27% per training step on 2
+  cores, benchmarks/README.md). Call it before JAX runs anything; it changes
   nothing on a GPU or TPU host, after JAX has started (then the devices
   stay as they are), or when XLA_FLAGS already asks for fake CPU devices.
 
