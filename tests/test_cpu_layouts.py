@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hpr.models import layers
+from hpr.models import layers, recurrent
 from hpr.models.convlstm import ConvLSTMClassifier
 from hpr.models.lrcn import LRCN, _num_chunks
 
@@ -135,7 +135,7 @@ def test_convlstm_layer_time_major_is_its_call_transposed():
   x = clip()
   np.testing.assert_allclose(
     jnp.swapaxes(layer.time_major(jnp.swapaxes(x, 0, 1)), 0, 1),
-    layers.run_lstm(layer.cell, x),
+    recurrent.run_lstm(layer.cell, x),
     rtol=1e-5,
     atol=1e-6,
   )

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from hpr import models
-from hpr.models import layers
+from hpr.models import layers, recurrent
 
 # Tiny variants of each model for (2, 4, 32, 32, 3) clips.
 TINY_SHAPE = (4, 32, 32, 3)
@@ -92,7 +92,7 @@ def test_lrcn_mean_readout_is_log_mean_softmax_over_steps():
   x = _clips()
   # Independently, from the submodules: every step's LSTM output -> dense.
   feats = mean_model.encoder(x)
-  seq = layers.run_lstm(mean_model.lstm.cell, feats, return_sequences=True)
+  seq = recurrent.run_lstm(mean_model.lstm.cell, feats, return_sequences=True)
   assert seq.shape == (2, TINY_SHAPE[0], 8)
   step_logits = mean_model.dense(seq)  # (B, T, K)
   expected = np.log(_softmax64(step_logits).mean(axis=1))

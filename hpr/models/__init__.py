@@ -11,8 +11,8 @@ from flax import nnx
 
 from hpr.models.baselines import SingleFrame
 from hpr.models.convlstm import ConvLSTM, ConvLSTMCell, ConvLSTMClassifier
-from hpr.models.layers import LSTM, LSTMCell
 from hpr.models.lrcn import LRCN
+from hpr.models.recurrent import LSTM, LSTMCell
 
 MODELS = {
   'convlstm': ConvLSTMClassifier,

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hpr.models import layers
+from hpr.models import layers, recurrent
 
 Array = jax.Array
 
@@ -26,7 +26,7 @@ def _recurrent_conv(h: Array, kernel: Array) -> Array:
   return layers.conv2d(h, kernel, (1, 1), 'same')
 
 
-class ConvLSTMCell(layers.KerasLSTMCellBase):
+class ConvLSTMCell(recurrent.KerasLSTMCellBase):
   """Keras `ConvLSTM2D` cell, usable on its own or through `nnx.RNN`.
 
   Gates (Keras order i, f, c, o), with * a convolution:
@@ -203,7 +203,7 @@ class ConvLSTM(nnx.Module):
     step) would make a round trip through memory, while one step's stay in
     cache. The backward pass recomputes each step (`run_lstm_time_major`).
     """
-    return layers.run_lstm_time_major(
+    return recurrent.run_lstm_time_major(
       self.cell,
       x,
       return_sequences=self.return_sequences,
@@ -212,7 +212,7 @@ class ConvLSTM(nnx.Module):
 
   def from_projection(self, gates_x: Array) -> Array:
     """The layer's output from `self.cell.project_inputs(x)`."""
-    return layers.run_lstm_projected(
+    return recurrent.run_lstm_projected(
       self.cell,
       gates_x,
       return_sequences=self.return_sequences,

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hpr.models import layers
+from hpr.models import layers, recurrent
 
 Array = jax.Array
 
@@ -193,7 +193,7 @@ class LRCN(nnx.Module):
       dropout=dropout,
       rngs=rngs,
     )
-    self.lstm = layers.LSTM(
+    self.lstm = recurrent.LSTM(
       self.encoder.out_features,
       lstm_features,
       return_sequences=readout == 'mean',
