@@ -20,8 +20,9 @@ def _recurrent_conv(h: Array, kernel: Array) -> Array:
 
   Inside `jax.lax.scan` autodiff would otherwise keep every step's im2col
   patches (9x the size of h) for the backward pass; recomputing them from h
-  costs less than writing and reading them back (~20% of a ConvLSTM training
-  step on CPU, benchmarks/README.md). The result is identical.
+  costs less than writing and reading them back (15-20% of a ConvLSTM
+  training step on CPU, measured before the time-major path existed). The
+  result is identical.
   """
   return layers.conv2d(h, kernel, (1, 1), 'same')
 
