@@ -1,0 +1,100 @@
+"""conv_block.conv_relu_pool computes what conv2d -> ReLU -> max_pool
+computes under autodiff: outputs and the gradients of x, kernel and bias, for
+several strip widths, pools that drop a remainder, and tied maxima (flat
+image regions)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hpr.models import conv_block, layers
+
+
+def plain(x, kernel, bias, pool):
+  y = layers.conv2d(x, kernel, (1, 1), 'same') + bias
+  return layers.max_pool(jax.nn.relu(y), (pool, pool), 'valid')
+
+
+def inputs(shape, features, ties):
+  kx, kk, kb = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, shape)
+  if ties:
+    # Flat regions (as in saturated or synthetic frames) make neighbouring
+    # conv outputs exactly equal, so pooled gradients have ties to split.
+    x = x.at[:, 2:12, 4:16].set(0.5)
+  kernel = jax.random.normal(kk, (3, 3, shape[-1], features)) * 0.3
+  bias = jax.random.normal(kb, (features,)) * 0.1
+  return x, kernel, bias
+
+
+@pytest.mark.parametrize(
+  'shape, pool, strip, ties',
+  [
+    ((3, 16, 16, 3), 4, 2, False),
+    ((3, 16, 16, 3), 4, 2, True),
+    ((2, 18, 20, 3), 4, 4, True),  # The pool drops 2 rows and 0 columns.
+    ((2, 13, 10, 5), 3, 1, True),  # Odd sizes, remainders on both axes.
+    ((2, 12, 12, 2), 2, 3, False),
+  ],
+)
+def test_matches_the_plain_formulation(shape, pool, strip, ties):
+  x, kernel, bias = inputs(shape, 8, ties)
+  got = conv_block.conv_relu_pool(x, kernel, bias, pool, strip)
+  want = plain(x, kernel, bias, pool)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+  cotangent = jax.random.normal(jax.random.key(1), want.shape)
+
+  def loss(f):
+    return lambda x, k, b: jnp.sum(f(x, k, b) * cotangent)
+
+  got_grads = jax.grad(
+    loss(lambda x, k, b: conv_block.conv_relu_pool(x, k, b, pool, strip)),
+    (0, 1, 2),
+  )(x, kernel, bias)
+  want_grads = jax.grad(loss(lambda x, k, b: plain(x, k, b, pool)), (0, 1, 2))(
+    x, kernel, bias
+  )
+  names = ('x', 'kernel', 'bias')
+  for name, g, w in zip(names, got_grads, want_grads, strict=True):
+    if ties and strip > 1 and name == 'x':
+      # Pixels that tie exactly in the plain product may differ in their
+      # last bit in the banded one, so the input gradient can go to another
+      # pixel of the tie; the kernel and bias gradients cannot tell (tied
+      # pixels of a flat region read the same patch).
+      continue
+    assert float(jnp.abs(w).max()) > 0, name  # Something flows.
+    np.testing.assert_allclose(
+      g, w, rtol=1e-5, atol=1e-5 * float(jnp.abs(w).max()), err_msg=name
+    )
+
+
+def test_ties_split_the_gradient():
+  # One window of four equal positive pixels shares its gradient of 1.
+  x = jnp.ones((1, 2, 2, 1))
+  kernel = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)
+  grad = jax.grad(
+    lambda x: conv_block.conv_relu_pool(x, kernel, jnp.zeros(1), 2, 2).sum()
+  )(x)
+  np.testing.assert_allclose(grad, np.full((1, 2, 2, 1), 0.25))
+
+
+def test_strip_kernel_maps_strip_patches_to_the_conv():
+  x, kernel, _ = inputs((2, 8, 8, 3), 4, False)
+  strips = conv_block.strip_patches(x, (3, 3), 4) @ conv_block.strip_kernel(
+    kernel, 4
+  )
+  np.testing.assert_allclose(
+    strips.reshape(2, 8, 8, 4),
+    layers.conv2d(x, kernel, (1, 1), 'same'),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+
+
+def test_a_strip_that_does_not_divide_the_width_is_refused():
+  x, kernel, bias = inputs((1, 8, 10, 3), 4, False)
+  with pytest.raises(ValueError, match='strip 4 does not divide the width 10'):
+    conv_block.conv_relu_pool(x, kernel, bias, 2, 4)
