@@ -113,18 +113,30 @@ class FrameCNN(nnx.Module):
       out = encode(frames, masks)
     else:
       # Chunk j holds frames j, j + chunks, j + 2 chunks, ...: a batch
-      # sharded along its first axis stays sharded along the chunk's.
+      # sharded along its first axis stays sharded along the chunk's. Each
+      # chunk is sliced out inside the loop, where XLA reads it in place,
+      # rather than the whole batch being transposed to chunk-major first.
       def split(a):
         return (
           None
           if a is None
-          else jnp.moveaxis(
-            a.reshape((num // chunks, chunks) + a.shape[1:]), 1, 0
-          )
+          else a.reshape((num // chunks, chunks) + a.shape[1:])
         )
 
-      body = jax.checkpoint(lambda args: encode(*args))
-      out = jax.lax.map(body, (split(frames), [split(m) for m in masks]))
+      def take(a, j):
+        return (
+          None
+          if a is None
+          else jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False)
+        )
+
+      frames, masks = split(frames), [split(m) for m in masks]
+
+      @jax.checkpoint
+      def body(carry, j):
+        return carry, encode(take(frames, j), [take(m, j) for m in masks])
+
+      _, out = jax.lax.scan(body, None, jnp.arange(chunks))
       out = jnp.moveaxis(out, 0, 1).reshape(num, -1)
     return out.reshape(batch + (-1,))
 
