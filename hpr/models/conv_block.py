@@ -4,11 +4,7 @@ pool (window = stride, 'valid'), as one op with a hand-written backward pass.
 The numbers are those of `layers.conv2d` -> ReLU -> `layers.max_pool` under
 autodiff (a pooled gradient is split evenly between tied maxima, as JAX's
 `reduce_max` splits it), computed in fewer passes over the full-resolution
-activations, which on a CPU cost more than the arithmetic. One difference:
-with `strip` > 1, pixels that tie exactly in the plain product (flat image
-regions) can differ in their last bit, so the input's gradient may go to
-another pixel of the tie; the kernel's and the bias' cannot tell, since the
-tied pixels of a flat region read the same patch.
+activations, which on a CPU cost more than the arithmetic:
 
 - the backward pass reuses the forward's patches and pre-activations instead
   of differentiating the pool and the ReLU as separate ops;
@@ -17,6 +13,11 @@ tied pixels of a flat region read the same patch.
   (kw + strip - 1) / (kw * strip) of the usual im2col patches and multiplies
   them by a wider, banded kernel (more multiplications, on zeros, but a
   matmul shape the CPU runs faster).
+
+One difference: with `strip` > 1, pixels that tie exactly in the plain
+product (flat image regions) can differ in their last bit, so the input's
+gradient may go to another pixel of the tie; the kernel's and the bias'
+cannot tell, since the tied pixels of a flat region read the same patch.
 
 On the 2-core CPU of benchmarks/README.md this makes the first LRCN block
 (forward + backward, 640 frames in chunks of 16-32) 1.5-1.8x faster, and the
