@@ -64,8 +64,8 @@ def strip_patches(x: Array, kernel_size, strip: int) -> Array:
   kh, kw = kernel_size
   height, width = x.shape[1:3]
   pads = (
-    layers._same_padding(height, kh, 1),
-    layers._same_padding(width, kw, 1),
+    layers.same_padding(height, kh, 1),
+    layers.same_padding(width, kw, 1),
   )
   x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   return jnp.concatenate(

@@ -93,7 +93,7 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
   return -(-(size - kernel + 1) // stride)
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   """TensorFlow's 'same' padding: the odd pixel goes after."""
   total = max(
     (conv_output_size(size, kernel, stride, 'same') - 1) * stride
@@ -137,7 +137,7 @@ def patches(
   # One flat batch axis: XLA:CPU is faster on (N, H, W, C) than on more axes.
   x = x.reshape((-1,) + x.shape[-3:])
   if padding.lower() == 'same':
-    pads = (_same_padding(height, kh, sh), _same_padding(width, kw, sw))
+    pads = (same_padding(height, kh, sh), same_padding(width, kw, sw))
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   out_h = conv_output_size(height, kh, sh, padding)
   out_w = conv_output_size(width, kw, sw, padding)
