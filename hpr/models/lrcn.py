@@ -18,12 +18,12 @@ class FrameCNN(nnx.Module):
   Dropout follows every block but the last, as in the notebook; pools are
   Keras' default 'valid'.
 
-  The frames go through the blocks `chunk_frames` at a time (a `lax.map`
-  whose body is rematerialised in the backward pass), so each chunk's
-  patches and activations stay in the CPU caches instead of making several
-  trips through memory for the whole batch: the same numbers, a 1.3-1.5x
-  faster training step and a 2.6x faster forward pass on the 2-core CPU of
-  benchmarks/README.md. Dropout masks are drawn for the
+  The frames go through the blocks `chunk_frames` at a time (a `lax.scan`
+  over the chunks whose body is rematerialised in the backward pass), so
+  each chunk's patches and activations stay in the CPU caches instead of
+  making several trips through memory for the whole batch: the same
+  numbers, a 1.3-1.5x faster training step and a 2.6x faster forward pass
+  on the 2-core CPU of benchmarks/README.md. Dropout masks are drawn for the
   whole batch at once, exactly as `nnx.Dropout` draws them. A block whose
   input has at most 4 channels (the RGB frames) runs as one op with its own
   backward pass, two output pixels per matmul row
