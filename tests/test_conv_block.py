@@ -36,6 +36,7 @@ def inputs(shape, features, ties):
     ((2, 18, 20, 3), 4, 4, True),  # The pool drops 2 rows and 0 columns.
     ((2, 13, 10, 5), 3, 1, True),  # Odd sizes, remainders on both axes.
     ((2, 12, 12, 2), 2, 3, False),
+    ((2, 10, 12, 3), 5, 2, True),  # 25 window pixels: 25 mask bits.
   ],
 )
 def test_matches_the_plain_formulation(shape, pool, strip, ties):
@@ -92,6 +93,49 @@ def test_strip_kernel_maps_strip_patches_to_the_conv():
     rtol=1e-5,
     atol=1e-6,
   )
+
+
+def test_a_chunk_is_the_op_on_that_slice_of_the_batch():
+  # (N, chunks, H, W, C): chunk 1 of 3, as FrameCNN's loop takes it.
+  xs, kernel, bias = inputs((2, 3, 8, 8, 3), 4, True)
+  cotangent = jax.random.normal(jax.random.key(2), (2, 2, 2, 4))
+
+  def loss(xs, k, b):
+    out = conv_block.conv_relu_pool(xs, k, b, 4, 2, chunk=jnp.int32(1))
+    return jnp.sum(out * cotangent)
+
+  def want_loss(xs, k, b):
+    return jnp.sum(conv_block.conv_relu_pool(xs[:, 1], k, b, 4, 2) * cotangent)
+
+  got = jax.grad(loss, (0, 1, 2))(xs, kernel, bias)
+  want = jax.grad(want_loss, (0, 1, 2))(xs, kernel, bias)
+  assert float(jnp.abs(got[0][:, 1]).max()) > 0
+  np.testing.assert_array_equal(got[0][:, [0, 2]], 0.0)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_ties_are_counted_per_window_and_channel():
+  # Window 0 of channel 0: three of its four pixels tie at the maximum.
+  # Channel 1: all four pixels are 0, so ReLU stops the gradient.
+  x = jnp.array([[[1.0, 1.0], [1.0, 0.5]]]).reshape(1, 2, 2, 1)
+  kernel = jnp.zeros((3, 3, 1, 2)).at[1, 1, 0, 0].set(1.0)
+  grad = jax.grad(
+    lambda x: (
+      conv_block.conv_relu_pool(x, kernel, jnp.zeros(2), 2, 2)[..., 0].sum()
+      + 5.0
+      * conv_block.conv_relu_pool(x, kernel, jnp.zeros(2), 2, 2)[..., 1].sum()
+    )
+  )(x)
+  np.testing.assert_allclose(
+    grad[0, :, :, 0], [[1 / 3, 1 / 3], [1 / 3, 0.0]], rtol=1e-6
+  )
+
+
+def test_a_pool_over_the_largest_is_refused():
+  x, kernel, bias = inputs((1, 12, 12, 3), 4, False)
+  with pytest.raises(ValueError, match='pool 6 is over the largest'):
+    conv_block.conv_relu_pool(x, kernel, bias, 6, 2)
 
 
 def test_a_strip_that_does_not_divide_the_width_is_refused():

@@ -6,8 +6,14 @@ autodiff (a pooled gradient is split evenly between tied maxima, as JAX's
 `reduce_max` splits it), computed in fewer passes over the full-resolution
 activations, which on a CPU cost more than the arithmetic:
 
-- the backward pass reuses the forward's patches and pre-activations instead
-  of differentiating the pool and the ReLU as separate ops;
+- the forward pass keeps, for the backward, only its input and one int32
+  per pooled value whose bits mark the window's maxima (found with the
+  pool's max), not the patches and pre-activations: the pooled gradients
+  go straight to the marked pixels, and only the patches are built again,
+  patch axis first, so the weight gradient is one plain matmul;
+- with `chunk`, the op slices one chunk of a larger batch itself, so in a
+  loop over chunks the backward pass keeps the batch, not a copy of every
+  chunk, and the op need not be rematerialised;
 - with `strip` > 1 each matmul row computes `strip` neighbouring output
   pixels from one row of patches, so a conv with few input channels builds
   (kw + strip - 1) / (kw * strip) of the usual im2col patches and multiplies
@@ -19,11 +25,11 @@ product (flat image regions) can differ in their last bit, so the input's
 gradient may go to another pixel of the tie; the kernel's and the bias'
 cannot tell, since the tied pixels of a flat region read the same patch.
 
-On the 2-core CPU of benchmarks/README.md this makes the first LRCN block
-(forward + backward, 640 frames in chunks of 16-32) 1.5-1.8x faster, and the
-seed LRCN's training step 1.15-1.2x; with strip=1, or on the later blocks
-(16+ input channels), it is slower than plain autodiff, so FrameCNN uses it
-for its first block only.
+On the 2-core CPU of benchmarks/README.md the op makes the seed LRCN's
+training step about 1.4x faster than plain autodiff (its first block went
+from more than half of the step's CPU time to about a third); with
+strip=1, or on the later blocks (16+ input channels), it is slower than
+plain autodiff, so FrameCNN uses it for its first block only.
 """
 
 import functools
@@ -36,25 +42,42 @@ from hpr.models import layers
 
 Array = jax.Array
 
+# The backward pass keeps the maxima of each pool window as the bits of one
+# int32.
+MAX_POOL = 5
+
 
 def conv_relu_pool(
-  x: Array, kernel: Array, bias: Array, pool: int, strip: int = 1
+  x: Array,
+  kernel: Array,
+  bias: Array,
+  pool: int,
+  strip: int = 1,
+  *,
+  chunk: Array | None = None,
 ) -> Array:
   """max_pool(relu(conv2d(x, kernel, 'same') + bias), pool, 'valid').
 
   Args:
-    x: (N, H, W, C) images.
+    x: (N, H, W, C) images, or with `chunk` (N, chunks, H, W, C).
     kernel: (kh, kw, C, F), Keras layout.
     bias: (F,).
-    pool: square max-pool window and stride.
+    pool: square max-pool window and stride, at most MAX_POOL.
     strip: output pixels per matmul row; must divide W (1: plain im2col).
+    chunk: an int scalar: the op runs on x[:, chunk] only. Inside a loop
+      over the chunks its backward pass then keeps x itself rather than a
+      copy of every chunk.
 
   Returns:
     (N, H // pool, W // pool, F).
   """
-  if x.shape[2] % strip:
-    raise ValueError(f'strip {strip} does not divide the width {x.shape[2]}')
-  return _conv_relu_pool(x, kernel, bias, pool, strip)
+  if pool > MAX_POOL:
+    raise ValueError(f'pool {pool} is over the largest supported, {MAX_POOL}')
+  if x.shape[-2] % strip:
+    raise ValueError(f'strip {strip} does not divide the width {x.shape[-2]}')
+  if chunk is None:
+    return _conv_relu_pool(x[:, None], jnp.int32(0), kernel, bias, pool, strip)
+  return _conv_relu_pool(x, chunk, kernel, bias, pool, strip)
 
 
 def strip_patches(x: Array, kernel_size, strip: int) -> Array:
@@ -92,56 +115,102 @@ def strip_kernel(kernel: Array, strip: int) -> Array:
   return banded.reshape(kh * (kw + strip - 1) * channels, strip * features)
 
 
-def _forward(x, kernel, bias, pool, strip):
+def strip_patches_t(x: Array, kernel_size, strip: int) -> Array:
+  """`strip_patches` with the patch axis first: (K, N, H, W / strip)."""
+  kh, kw = kernel_size
+  height, width = x.shape[1:3]
+  pads = (
+    layers.same_padding(height, kh, 1),
+    layers.same_padding(width, kw, 1),
+  )
+  x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  return jnp.stack(
+    [
+      x[:, dy : dy + height, dx : dx + width - strip + 1 : strip, c]
+      for dy in range(kh)
+      for dx in range(kw + strip - 1)
+      for c in range(x.shape[-1])
+    ]
+  )
+
+
+def _take(xs, chunk):
+  return jax.lax.dynamic_index_in_dim(xs, chunk, axis=1, keepdims=False)
+
+
+def _forward(xs, chunk, kernel, bias, pool, strip):
+  x = _take(xs, chunk)
   n, height, width, _ = x.shape
   features = kernel.shape[-1]
   p = strip_patches(x, kernel.shape[:2], strip)
   y = (p @ strip_kernel(kernel, strip)).reshape(n, height, width, features)
-  y = y + bias
-  out = layers.max_pool(jax.nn.relu(y), (pool, pool), 'valid')
-  return out, (p, y, out, kernel)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _conv_relu_pool(x, kernel, bias, pool, strip):
-  return _forward(x, kernel, bias, pool, strip)[0]
-
-
-def _conv_relu_pool_fwd(x, kernel, bias, pool, strip):
-  return _forward(x, kernel, bias, pool, strip)
-
-
-def _conv_relu_pool_bwd(pool, strip, residuals, g):
-  p, y, out, kernel = residuals
-  n, height, width, features = y.shape
-  out_h, out_w = out.shape[1:3]
-  # The pool's and the ReLU's gradient in one pass: each pooled gradient
-  # goes to the pixels equal to the window's maximum, split between ties;
-  # nothing flows where the maximum is <= 0 (ReLU's gradient there is 0).
+  out_h, out_w = height // pool, width // pool
   windows = y[:, : out_h * pool, : out_w * pool].reshape(
     n, out_h, pool, out_w, pool, features
   )
-  peak = out[:, :, None, :, None, :]
-  hit = (windows == peak) & (peak > 0)
-  ties = jnp.sum(hit, axis=(2, 4), keepdims=True, dtype=y.dtype)
-  dy = jnp.where(hit, g[:, :, None, :, None, :] / jnp.maximum(ties, 1), 0.0)
+  # Rounding is monotonic, so max(y + bias) = max(y) + bias exactly, and
+  # max(relu(.)) = relu(max(.)): the bias is added to the pooled values.
+  peak = jnp.max(windows, axis=(2, 4)) + bias
+  out = jax.nn.relu(peak)
+  # Which pixels of each window hold its maximum, as the bits of one int32:
+  # the pooled gradient goes to them, split evenly (none where the maximum
+  # is <= 0, where ReLU's gradient is 0).
+  peak = peak[:, :, None, :, None]
+  hit = (windows + bias == peak) & (peak > 0)
+  mask = jnp.sum(jnp.where(hit, _bits(pool), 0), axis=(2, 4), dtype=jnp.int32)
+  return out, (xs, chunk, mask, kernel)
+
+
+def _bits(pool):
+  """1 << (a * pool + b) for window position (a, b), shaped to broadcast
+  against (N, H / pool, pool, W / pool, pool, F)."""
+  bits = np.left_shift(1, np.arange(pool * pool, dtype=np.int32))
+  return bits.reshape(1, 1, pool, 1, pool, 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _conv_relu_pool(xs, chunk, kernel, bias, pool, strip):
+  return _forward(xs, chunk, kernel, bias, pool, strip)[0]
+
+
+def _conv_relu_pool_fwd(xs, chunk, kernel, bias, pool, strip):
+  return _forward(xs, chunk, kernel, bias, pool, strip)
+
+
+def _conv_relu_pool_bwd(pool, strip, residuals, g):
+  xs, chunk, mask, kernel = residuals
+  x = _take(xs, chunk)
+  n, height, width, _ = x.shape
+  features = kernel.shape[-1]
+  out_h, out_w = mask.shape[1:3]
+  ties = jax.lax.population_count(mask)
+  share = g / jnp.maximum(ties, 1).astype(g.dtype)
+  hit = (mask[:, :, None, :, None] & _bits(pool)) != 0
+  dy = jnp.where(hit, share[:, :, None, :, None], 0.0)
   dy = dy.reshape(n, out_h * pool, out_w * pool, features)
   dy = jnp.pad(
     dy,
     ((0, 0), (0, height - out_h * pool), (0, width - out_w * pool), (0, 0)),
   )
   dy_strips = dy.reshape(n, height, width // strip, strip * features)
+  # The patches built again, patch axis first: the weight gradient is then
+  # a plain matmul, with no transposed copy of them.
+  p_t = strip_patches_t(x, kernel.shape[:2], strip)
   banded, kernel_vjp = jax.vjp(lambda k: strip_kernel(k, strip), kernel)
-  (dkernel,) = kernel_vjp(jnp.einsum('nhwk,nhwm->km', p, dy_strips))
-  dbias = jnp.sum(dy, axis=(0, 1, 2))
+  (dkernel,) = kernel_vjp(
+    p_t.reshape(p_t.shape[0], -1) @ dy_strips.reshape(-1, strip * features)
+  )
+  # Each window's shares add up to its pooled gradient.
+  dbias = jnp.sum(jnp.where(mask != 0, g, 0.0), axis=(0, 1, 2))
   # The input's gradient (XLA drops it where the input is not
   # differentiated, as for the frames of the first block).
   patches_t = jax.linear_transpose(
     lambda x: strip_patches(x, kernel.shape[:2], strip),
-    jax.ShapeDtypeStruct((n, height, width, kernel.shape[2]), y.dtype),
+    jax.ShapeDtypeStruct(x.shape, x.dtype),
   )
   (dx,) = patches_t(dy_strips @ banded.T)
-  return dx, dkernel, dbias
+  dxs = jax.lax.dynamic_update_index_in_dim(jnp.zeros_like(xs), dx, chunk, 1)
+  return dxs, None, dkernel, dbias
 
 
 _conv_relu_pool.defvjp(_conv_relu_pool_fwd, _conv_relu_pool_bwd)
