@@ -26,10 +26,11 @@ gradient may go to another pixel of the tie; the kernel's and the bias'
 cannot tell, since the tied pixels of a flat region read the same patch.
 
 On the 2-core CPU of benchmarks/README.md the op makes the seed LRCN's
-training step about 1.4x faster than plain autodiff (its first block went
-from more than half of the step's CPU time to about a third); with
-strip=1, or on the later blocks (16+ input channels), it is slower than
-plain autodiff, so FrameCNN uses it for its first block only.
+training step about 1.4x faster than plain autodiff (1.15-1.2x from its
+first version, which kept patches and pre-activations, 1.2x more from the
+bit mask; the first block went from more than half of the step's CPU time
+to about a third). On the second block (16 input channels) it gains
+nothing measurable, so FrameCNN uses it for its first block only.
 """
 
 import functools
@@ -84,6 +85,22 @@ def strip_patches(x: Array, kernel_size, strip: int) -> Array:
   """(N, H, W, C) -> (N, H, W / strip, kh (kw + strip - 1) C): for each
   strip of `strip` output pixels of a 'same' conv, the input pixels it
   reads, ordered (dy, dx, c). strip=1 gives `layers.patches`."""
+  return jnp.concatenate(_strip_slices(x, kernel_size, strip), axis=-1)
+
+
+def strip_patches_t(x: Array, kernel_size, strip: int) -> Array:
+  """`strip_patches` with the patch axis first: (K, N, H, W / strip)."""
+  return jnp.stack(
+    [
+      s[..., c]
+      for s in _strip_slices(x, kernel_size, strip)
+      for c in range(x.shape[-1])
+    ]
+  )
+
+
+def _strip_slices(x, kernel_size, strip):
+  """The (N, H, W / strip, C) input slices of a strip's patch, (dy, dx)."""
   kh, kw = kernel_size
   height, width = x.shape[1:3]
   pads = (
@@ -91,14 +108,11 @@ def strip_patches(x: Array, kernel_size, strip: int) -> Array:
     layers.same_padding(width, kw, 1),
   )
   x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  return jnp.concatenate(
-    [
-      x[:, dy : dy + height, dx : dx + width - strip + 1 : strip]
-      for dy in range(kh)
-      for dx in range(kw + strip - 1)
-    ],
-    axis=-1,
-  )
+  return [
+    x[:, dy : dy + height, dx : dx + width - strip + 1 : strip]
+    for dy in range(kh)
+    for dx in range(kw + strip - 1)
+  ]
 
 
 def strip_kernel(kernel: Array, strip: int) -> Array:
@@ -113,25 +127,6 @@ def strip_kernel(kernel: Array, strip: int) -> Array:
       select[p + dx, p, dx] = 1.0
   banded = jnp.einsum('jpx,yxcf->yjcpf', select, kernel)
   return banded.reshape(kh * (kw + strip - 1) * channels, strip * features)
-
-
-def strip_patches_t(x: Array, kernel_size, strip: int) -> Array:
-  """`strip_patches` with the patch axis first: (K, N, H, W / strip)."""
-  kh, kw = kernel_size
-  height, width = x.shape[1:3]
-  pads = (
-    layers.same_padding(height, kh, 1),
-    layers.same_padding(width, kw, 1),
-  )
-  x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  return jnp.stack(
-    [
-      x[:, dy : dy + height, dx : dx + width - strip + 1 : strip, c]
-      for dy in range(kh)
-      for dx in range(kw + strip - 1)
-      for c in range(x.shape[-1])
-    ]
-  )
 
 
 def _take(xs, chunk):
