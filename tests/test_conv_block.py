@@ -116,20 +116,23 @@ def test_a_chunk_is_the_op_on_that_slice_of_the_batch():
 
 
 def test_ties_are_counted_per_window_and_channel():
-  # Window 0 of channel 0: three of its four pixels tie at the maximum.
-  # Channel 1: all four pixels are 0, so ReLU stops the gradient.
+  # Channel 0: three of the window's four pixels tie at the maximum, 1.
+  # Channel 1: all four pixels are 0 (a tie too), so ReLU stops the gradient.
   x = jnp.array([[[1.0, 1.0], [1.0, 0.5]]]).reshape(1, 2, 2, 1)
   kernel = jnp.zeros((3, 3, 1, 2)).at[1, 1, 0, 0].set(1.0)
-  grad = jax.grad(
-    lambda x: (
-      conv_block.conv_relu_pool(x, kernel, jnp.zeros(2), 2, 2)[..., 0].sum()
-      + 5.0
-      * conv_block.conv_relu_pool(x, kernel, jnp.zeros(2), 2, 2)[..., 1].sum()
-    )
-  )(x)
+
+  def loss(x, kernel, bias):
+    out = conv_block.conv_relu_pool(x, kernel, bias, 2, 2)
+    return out[..., 0].sum() + 5.0 * out[..., 1].sum()
+
+  dx, dkernel, dbias = jax.grad(loss, (0, 1, 2))(x, kernel, jnp.zeros(2))
   np.testing.assert_allclose(
-    grad[0, :, :, 0], [[1 / 3, 1 / 3], [1 / 3, 0.0]], rtol=1e-6
+    dx[0, :, :, 0], [[1 / 3, 1 / 3], [1 / 3, 0.0]], rtol=1e-6
   )
+  np.testing.assert_allclose(dbias, [1.0, 0.0], rtol=1e-6)
+  # The centre tap reads the three tied pixels (1 each), a third each.
+  np.testing.assert_allclose(dkernel[1, 1, 0, 0], 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(dkernel[..., 1], 0.0)
 
 
 def test_a_pool_over_the_largest_is_refused():

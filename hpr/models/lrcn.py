@@ -112,10 +112,13 @@ class FrameCNN(nnx.Module):
       )
 
     frames, masks = split(frames), [split(m) for m in masks]
+    # A fused first block stays out of the rematerialised part of the loop
+    # body (see the class docstring).
+    first = 1 if _fused(frames.shape, self.pool_sizes[0]) else 0
 
     def block(i, x, j):
       (kernel, bias), conv, pool = params[i], self.convs[i], self.pool_sizes[i]
-      if i == 0 and _fused(x.shape, pool):
+      if i < first:
         # The RGB frames: conv, ReLU and pool as one op, two output pixels
         # per matmul row (hpr.models.conv_block); it slices chunk j itself.
         x = conv_block.conv_relu_pool(x, kernel, bias, pool, 2, chunk=j)
@@ -129,10 +132,6 @@ class FrameCNN(nnx.Module):
           x, take(masks[i], j), self.dropouts[i].rate
         )
       return x
-
-    # A fused first block stays out of the rematerialised part of the loop
-    # body (see the class docstring).
-    first = 1 if _fused(frames.shape, self.pool_sizes[0]) else 0
 
     def rest(x, j):
       for i in range(first, len(params)):
