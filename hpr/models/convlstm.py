@@ -7,9 +7,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hpr.models import layers, recurrent
+from hpr.models import conv_sum, layers, recurrent
 
 Array = jax.Array
+
+# A step whose input and hidden state have at most this many channels
+# together runs its two convolutions as XLA convolutions (`conv_sum`), more
+# as im2col patches @ kernel: the notebook's first layer (3 + 4 channels)
+# trains 5-8% faster at batch 32 that way (benchmarks/README.md); its later
+# layers (12+ channels) are faster as patches.
+CONV_SUM_MAX_CHANNELS = 8
 
 
 @jax.checkpoint
@@ -109,10 +116,32 @@ class ConvLSTMCell(recurrent.KerasLSTMCellBase):
     recurrent_mask: Array | None = None,
   ) -> tuple[tuple[Array, Array], Array]:
     """`step` from the step's input x: both convolutions as one matmul of
-    the input's and the hidden state's patches side by side."""
+    the input's and the hidden state's patches side by side, or, with few
+    channels (`CONV_SUM_MAX_CHANNELS`), as one XLA convolution of the two
+    side by side."""
     c, h = carry
     if recurrent_mask is not None:
       h = h * recurrent_mask
+    if self._uses_conv_sum(x):
+      kh, kw = self.kernel_size
+      x_pads = ((0, 0), (0, 0))
+      if self.padding == 'same':
+        x_pads = tuple(
+          layers.same_padding(n, k, 1)
+          for n, k in zip(x.shape[-3:-1], (kh, kw), strict=True)
+        )
+      h_pads = tuple(
+        layers.same_padding(n, k, 1)
+        for n, k in zip(h.shape[-3:-1], (kh, kw), strict=True)
+      )
+      batch = x.shape[:-3]
+      z = conv_sum.conv_sum(
+        (x.reshape((-1,) + x.shape[-3:]), h.reshape((-1,) + h.shape[-3:])),
+        (self.kernel[...], self.recurrent_kernel[...]),
+        (x_pads, h_pads),
+      )
+      z = z.reshape(batch + z.shape[1:])
+      return self.update(c, z if self.bias is None else z + self.bias[...])
     kernel = jnp.concatenate(
       [
         self.kernel[...].reshape(-1, 4 * self.features),
@@ -128,6 +157,12 @@ class ConvLSTMCell(recurrent.KerasLSTMCellBase):
     )
     z = p @ kernel
     return self.update(c, z if self.bias is None else z + self.bias[...])
+
+  def _uses_conv_sum(self, x: Array) -> bool:
+    return (
+      self.strides == (1, 1)
+      and x.shape[-1] + self.features <= CONV_SUM_MAX_CHANNELS
+    )
 
   def output_spatial_shape(self, height: int, width: int) -> tuple[int, int]:
     """(H', W') of the cell's output for an (H, W) input."""

@@ -1,0 +1,178 @@
+"""conv_sum against a sum of `lax.conv_general_dilated` under autodiff:
+values and the gradients of every input and kernel, for the paddings the
+ConvLSTM uses (valid input, 'same' hidden state, odd and even kernels)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hpr.models import convlstm, layers
+from hpr.models.conv_sum import conv_sum
+from hpr.models.convlstm import ConvLSTMCell
+
+
+def reference(inputs, kernels, paddings):
+  return sum(
+    jax.lax.conv_general_dilated(
+      x, k, (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
+    for x, k, pad in zip(inputs, kernels, paddings, strict=True)
+  )
+
+
+def same(size, k):
+  return layers.same_padding(size, k, 1)
+
+
+CASES = {
+  # The ConvLSTM's first layer: a valid input conv and a 'same' recurrent
+  # conv on the output grid.
+  'valid+same-3x3': (
+    (9, 8),
+    ((0, 0), (0, 0)),
+    (7, 6),
+    (same(7, 3), same(6, 3)),
+    (3, 3),
+  ),
+  'same+same-3x3': (
+    (7, 6),
+    (same(7, 3), same(6, 3)),
+    (7, 6),
+    (same(7, 3), same(6, 3)),
+    (3, 3),
+  ),
+  # An even kernel pads one side only.
+  'same+same-2x3': (
+    (7, 6),
+    (same(7, 2), same(6, 3)),
+    (7, 6),
+    (same(7, 2), same(6, 3)),
+    (2, 3),
+  ),
+}
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_conv_sum_matches_autodiff_of_two_convs(case):
+  size_a, pad_a, size_b, pad_b, (kh, kw) = CASES[case]
+  keys = jax.random.split(jax.random.key(0), 5)
+  a = jax.random.normal(keys[0], (2, *size_a, 3))
+  b = jax.random.normal(keys[1], (2, *size_b, 4))
+  ka = jax.random.normal(keys[2], (kh, kw, 3, 16))
+  kb = jax.random.normal(keys[3], (kh, kw, 4, 16))
+  paddings = (pad_a, pad_b)
+  got = conv_sum((a, b), (ka, kb), paddings)
+  want = reference((a, b), (ka, kb), paddings)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+  # A non-linear loss, so each output pixel's gradient differs.
+  weights = jax.random.normal(keys[4], want.shape)
+
+  def loss(fn):
+    return lambda *args: jnp.sum(
+      jnp.tanh(fn(args[:2], args[2:], paddings)) * weights
+    )
+
+  grads = jax.grad(loss(conv_sum), argnums=(0, 1, 2, 3))(a, b, ka, kb)
+  expected = jax.grad(loss(reference), argnums=(0, 1, 2, 3))(a, b, ka, kb)
+  for name, g, e in zip(('a', 'b', 'ka', 'kb'), grads, expected, strict=True):
+    assert g.shape == e.shape, name
+    scale = float(jnp.max(jnp.abs(e)))
+    assert scale > 0, name
+    err = float(jnp.max(jnp.abs(g - e))) / scale
+    assert err < 1e-5, (name, err)
+
+
+def test_conv_sum_under_jit_and_scan():
+  # The way the ConvLSTM calls it: inside a rematerialised scan body.
+  keys = jax.random.split(jax.random.key(1), 3)
+  xs = jax.random.normal(keys[0], (4, 2, 8, 8, 3))
+  ka = jax.random.normal(keys[1], (3, 3, 3, 4)) * 0.3
+  kb = jax.random.normal(keys[2], (3, 3, 4, 4)) * 0.3
+  pads = (((0, 0), (0, 0)), ((1, 1), (1, 1)))
+
+  def run(fn, ka, kb):
+    @jax.checkpoint
+    def body(h, x):
+      h = jnp.tanh(fn((x, h), (ka, kb), pads))
+      return h, h
+
+    h, _ = jax.lax.scan(body, jnp.zeros((2, 6, 6, 4)), xs)
+    return jnp.sum(h**2)
+
+  got = jax.jit(jax.value_and_grad(lambda *k: run(conv_sum, *k), (0, 1)))(
+    ka, kb
+  )
+  want = jax.jit(jax.value_and_grad(lambda *k: run(reference, *k), (0, 1)))(
+    ka, kb
+  )
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  for g, e in zip(got[1], want[1], strict=True):
+    np.testing.assert_allclose(
+      g, e, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(e)))
+    )
+
+
+def test_conv_sum_refuses_inputs_of_different_padded_sizes():
+  a, b = jnp.zeros((1, 9, 9, 3)), jnp.zeros((1, 7, 7, 4))
+  ka, kb = jnp.zeros((3, 3, 3, 8)), jnp.zeros((3, 3, 4, 8))
+  with pytest.raises(ValueError, match='padded inputs differ in size'):
+    conv_sum((a, b), (ka, kb), (((0, 0), (0, 0)), ((0, 0), (0, 0))))
+  with pytest.raises(ValueError, match='kernels differ'):
+    conv_sum(
+      (a, b), (ka, jnp.zeros((3, 3, 4, 4))), (((0, 0),) * 2, ((1, 1),) * 2)
+    )
+  with pytest.raises(ValueError, match='outside'):
+    small = jnp.zeros((1, 3, 3, 4))
+    conv_sum((a, small), (ka, kb), (((0, 0),) * 2, ((3, 3),) * 2))
+
+
+@pytest.mark.parametrize('padding', ['valid', 'same'])
+def test_convlstm_step_same_with_conv_sum_and_patches(monkeypatch, padding):
+  # The first layer's step (3 + 4 channels) takes the conv_sum path; with
+  # the threshold at 0 the same cell takes the patches path.
+  cell = ConvLSTMCell(3, 4, padding=padding, rngs=nnx.Rngs(0))
+  keys = jax.random.split(jax.random.key(2), 3)
+  x = jax.random.normal(keys[0], (2, 9, 8, 3))
+  h_shape = (2, *cell.output_spatial_shape(9, 8), 4)
+  carry = (
+    jax.random.normal(keys[1], h_shape),
+    jax.random.normal(keys[2], h_shape),
+  )
+  graphdef, params, rest = nnx.split(cell, nnx.Param, ...)
+
+  def loss(params, carry, x):
+    (c, h), _ = nnx.merge(graphdef, params, rest).step_inputs(carry, x)
+    return jnp.sum(jnp.tanh(c) * h)
+
+  def value_and_grads():
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(
+      params, carry, x
+    )
+
+  assert cell._uses_conv_sum(x)
+  got = value_and_grads()
+  monkeypatch.setattr(convlstm, 'CONV_SUM_MAX_CHANNELS', 0)
+  assert not cell._uses_conv_sum(x)
+  want = value_and_grads()
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  for g, e in zip(
+    jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True
+  ):
+    scale = float(jnp.max(jnp.abs(e)))
+    assert scale > 0
+    assert float(jnp.max(jnp.abs(g - e))) / scale < 1e-5
+
+
+def test_only_few_channel_stride_1_steps_use_conv_sum():
+  x = jnp.zeros((1, 9, 9, 3))
+  assert ConvLSTMCell(3, 4, rngs=nnx.Rngs(0))._uses_conv_sum(x)
+  assert not ConvLSTMCell(
+    3, 4, strides=(2, 2), rngs=nnx.Rngs(0)
+  )._uses_conv_sum(x)
+  assert not ConvLSTMCell(8, 14, rngs=nnx.Rngs(0))._uses_conv_sum(
+    jnp.zeros((1, 9, 9, 8))
+  )
