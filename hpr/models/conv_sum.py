@@ -8,11 +8,14 @@ beats im2col patches + matmul (which build and read back 9x the input), but
 only if its gradients are convolutions in XLA:CPU's canonical layout
 (batch, rows, cols, features; kernel rows, cols, in, out). Under plain
 autodiff inside the ConvLSTM's time loop XLA emits them in other layouts,
-which it runs 5-10x slower than the whole im2col step. Here:
+and the ConvLSTM's training step runs 5-9x slower than with im2col
+(benchmarks/README.md). Here:
 
 - the input gradients are one convolution per input, of the output gradient
   with that input's flipped kernel, so one whose gradient is not used (the
-  video entering the first layer) is not computed at all;
+  video entering the first layer) is not computed at all, each for its
+  channels padded to a multiple of 8 and sliced (4 channels are slower than
+  8 on XLA:CPU);
 - the kernel gradient is one convolution of the inputs with the output
   gradient, both transposed to put the batch where the features go.
 

@@ -12,10 +12,11 @@ from hpr.models import conv_sum, layers, recurrent
 Array = jax.Array
 
 # A step whose input and hidden state have at most this many channels
-# together runs its two convolutions as XLA convolutions (`conv_sum`), more
-# as im2col patches @ kernel: the notebook's first layer (3 + 4 channels)
-# trains 5-8% faster at batch 32 that way (benchmarks/README.md); its later
-# layers (12+ channels) are faster as patches.
+# together runs its two convolutions as XLA convolutions (`conv_sum`), not
+# as im2col patches @ kernel: with the notebook's first layer (3 + 4
+# channels) done that way its training step is 5-10% faster at batch 32 and
+# as fast at batch 4 (benchmarks/README.md); the later layers (12+
+# channels) are as fast or faster as patches.
 CONV_SUM_MAX_CHANNELS = 8
 
 

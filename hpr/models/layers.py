@@ -110,8 +110,10 @@ def conv2d(
   """2-D convolution with a Keras-layout kernel, as patches @ kernel.
 
   XLA:CPU runs these small convs (few channels, 3x3) several times faster as
-  one matmul over kh * kw shifted slices than as a convolution op, above all
-  the backward pass inside `jax.lax.scan`.
+  one matmul over kh * kw shifted slices than as a convolution op under
+  autodiff, above all the backward pass inside `jax.lax.scan` (for a
+  convolution op with a backward pass that avoids this, see
+  `hpr.models.conv_sum`).
 
   Args:
     x: (..., H, W, C) images (any number of leading batch axes).
