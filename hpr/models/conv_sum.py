@@ -8,8 +8,8 @@ beats im2col patches + matmul (which build and read back 9x the input), but
 only if its gradients are convolutions in XLA:CPU's canonical layout
 (batch, rows, cols, features; kernel rows, cols, in, out). Under plain
 autodiff inside the ConvLSTM's time loop XLA emits them in other layouts,
-and the ConvLSTM's training step runs 5-9x slower than with im2col
-(benchmarks/README.md). Here:
+and the ConvLSTM's training step ran 2.3x slower than with im2col with the
+first layer so (benchmarks/README.md). Here:
 
 - the input gradients are one convolution per input, of the output gradient
   with that input's flipped kernel, so one whose gradient is not used (the

@@ -234,8 +234,9 @@ class ConvLSTM(nnx.Module):
     or (B, H', W', F) without return_sequences.
 
     Each step's input convolution runs inside the time loop, on that step's
-    B frames, as one matmul with the recurrent convolution
-    (`ConvLSTMCell.step_inputs`), instead of over all T * B frames before
+    B frames, as one matmul (or one convolution, with few channels) with
+    the recurrent convolution (`ConvLSTMCell.step_inputs`), instead of over
+    all T * B frames before
     it: on a CPU the gates of the whole clip (4F channels per pixel and
     step) would make a round trip through memory, while one step's stay in
     cache. The backward pass recomputes each step (`run_lstm_time_major`).
