@@ -124,22 +124,19 @@ class ConvLSTMCell(recurrent.KerasLSTMCellBase):
     if recurrent_mask is not None:
       h = h * recurrent_mask
     if self._uses_conv_sum(x):
-      kh, kw = self.kernel_size
-      x_pads = ((0, 0), (0, 0))
-      if self.padding == 'same':
-        x_pads = tuple(
+
+      def same(a):
+        return tuple(
           layers.same_padding(n, k, 1)
-          for n, k in zip(x.shape[-3:-1], (kh, kw), strict=True)
+          for n, k in zip(a.shape[-3:-1], self.kernel_size, strict=True)
         )
-      h_pads = tuple(
-        layers.same_padding(n, k, 1)
-        for n, k in zip(h.shape[-3:-1], (kh, kw), strict=True)
-      )
+
+      x_pads = same(x) if self.padding == 'same' else ((0, 0), (0, 0))
       batch = x.shape[:-3]
       z = conv_sum.conv_sum(
         (x.reshape((-1,) + x.shape[-3:]), h.reshape((-1,) + h.shape[-3:])),
         (self.kernel[...], self.recurrent_kernel[...]),
-        (x_pads, h_pads),
+        (x_pads, same(h)),
       )
       z = z.reshape(batch + z.shape[1:])
       return self.update(c, z if self.bias is None else z + self.bias[...])
