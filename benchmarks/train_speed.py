@@ -23,7 +23,12 @@ CPU, `config.cpu_devices` of them):
   GFLOP/s and its
   fraction of this machine's float32 matmul peak (a 4096x4096 matmul in JAX,
   measured here);
-- peak host memory of the process (ru_maxrss).
+- peak host memory of the process (ru_maxrss), and its minor page faults
+  per timed step.
+
+The workers run with hpr's glibc malloc settings, as `python -m hpr.main`
+does (`hpr.malloc_tuning`); `--malloc_tuning=off` measures glibc's
+defaults.
 
 Models: 'seed_convlstm' and 'seed_lrcn' are the Keras notebook's networks
 (4 classes, 44,524 and 73,060 parameters: the anchors' models in
@@ -103,7 +108,7 @@ def worker(args) -> dict:
   import numpy as np
   from flax import nnx
 
-  from hpr import cli, parallel
+  from hpr import cli, malloc_tuning, parallel
   from hpr.train_state import (
     build_model,
     create_train_state,
@@ -164,9 +169,14 @@ def worker(args) -> dict:
     return out
   counter = iter(range(1, 10**9))
   _time(lambda: run_step(next(counter)), args.warmup)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   times = _time(lambda: run_step(next(counter)), args.steps)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
   median = statistics.median(times)
   out.update(
+    malloc_tuning=malloc_tuning.TUNABLES
+    in os.environ.get('GLIBC_TUNABLES', ''),
+    page_faults_per_step=faults / len(times),
     step_ms=1e3 * median,
     step_ms_p10=1e3 * _percentile(times, 0.1),
     step_ms_p90=1e3 * _percentile(times, 0.9),
@@ -229,12 +239,20 @@ def measure(model: str, batch_size: int, steps: int, num_classes: int = 4):
   ])  # fmt: skip
 
 
-def _spawn(argv: list[str]) -> dict:
+def _spawn(argv: list[str], malloc: bool = True) -> dict:
+  from hpr import malloc_tuning
+
+  env = dict(os.environ)
+  if malloc:
+    env = malloc_tuning.environ(env)
+  else:
+    env[malloc_tuning.DISABLE_VARIABLE] = '0'
   result = subprocess.run(
     [sys.executable, os.path.abspath(__file__), *argv],
     capture_output=True,
     text=True,
     check=False,
+    env=env,
   )
   if result.returncode != 0:
     raise SystemExit(f'worker {argv} failed:\n{result.stderr[-3000:]}')
@@ -290,6 +308,13 @@ def main() -> None:
     '--num_classes', type=int, default=4, help='classes (4: the notebook)'
   )
   parser.add_argument('--json', help='also write the numbers here')
+  parser.add_argument(
+    '--malloc_tuning',
+    choices=('on', 'off'),
+    default='on',
+    help="run the workers with hpr's glibc malloc settings, as "
+    '`python -m hpr.main` runs (hpr.malloc_tuning), or with the defaults',
+  )
   # Internal: run one entry and print its JSON.
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--peak', action='store_true', help=argparse.SUPPRESS)
@@ -322,8 +347,9 @@ def main() -> None:
           f'--batch_size={batch_size}',
           f'--cache_dir={cache}',
         ]
-        r = _spawn(entry + common)
-        cached = _spawn(entry + [*common, '--steps=0'])
+        malloc = args.malloc_tuning == 'on'
+        r = _spawn(entry + common, malloc)
+        cached = _spawn(entry + [*common, '--steps=0'], malloc)
       r['compile_cached_s'] = cached['compile_s']
       r['startup_cached_s'] = cached['startup_to_first_step_s']
       print(

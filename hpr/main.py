@@ -20,7 +20,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from hpr import cli  # noqa: E402
+from hpr import cli, malloc_tuning  # noqa: E402
 from hpr.cli import fail  # noqa: E402
 from hpr.errors import ConfigError, UserError  # noqa: E402
 
@@ -177,4 +177,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  # Restarts with glibc malloc settings that save XLA:CPU's steps their
+  # page faults (hpr.malloc_tuning; HPR_MALLOC_TUNING=0 turns it off).
+  malloc_tuning.reexec()
   app.run(main, flags_parser=parse_flags)
