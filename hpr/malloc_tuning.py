@@ -4,18 +4,19 @@ XLA:CPU allocates a training step's large temporaries with malloc on every
 step. With glibc's defaults each one comes from fresh pages (allocations
 over the mmap threshold are mmap'd and unmapped again; heaps of the worker
 threads' arenas are deleted or trimmed once free), so every step pays a
-page fault per 4 KiB it touches: about 99,000 minor faults (~390 MiB) per
-training step of the seed ConvLSTM at batch 32 on two CPU devices, 19,600
+page fault per 4 KiB it touches: 99,041 minor faults (~390 MiB) per
+training step of the seed ConvLSTM at batch 32 on two CPU devices, 19,653
 per step of the seed LRCN. Keeping freed memory in the process (no mmap, no
 trimming) and backing the heap with transparent huge pages brings that to
-under a thousand, and the training steps run 5-12% faster
-(benchmarks/README.md). The cost: the process keeps its peak heap until it
-exits.
+886 and 7, and the training steps ran 5-14% faster in 6 of 8 interleaved
+pairs on a 2-core AMD EPYC, within that machine's noise in the others
+(benchmarks/README.md, sitting G). The cost: the process keeps its peak
+heap until it exits.
 
 glibc reads these settings (GLIBC_TUNABLES) only when a process starts, so
 `reexec()` starts the interpreter again, with the same command line and
-the tunables added to its environment. `python -m hpr.main` and the
-training benchmark do so. Set HPR_MALLOC_TUNING=0 to run with glibc's
+the tunables added to its environment. `python -m hpr.main` does so; the
+training benchmark starts its workers with `environ()`. Set HPR_MALLOC_TUNING=0 to run with glibc's
 defaults; on other C libraries and platforms nothing changes.
 """
 
