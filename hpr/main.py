@@ -141,6 +141,7 @@ def _setup(config) -> None:
     config.cpu_devices, (config.training.batch_size, config.eval.batch_size)
   )
   cli.enable_compilation_cache(config.jax_cache_dir)
+  logging.info('glibc malloc settings: %s', malloc_tuning.describe())
 
 
 def main(argv: list[str]) -> None:

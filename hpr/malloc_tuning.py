@@ -53,6 +53,19 @@ def environ(base=None) -> dict[str, str]:
   return env
 
 
+def describe(environ=None) -> str:
+  """Whether this process runs with the tunables, for the log: 'on', or
+  'off' with the reason where there is one."""
+  environ = os.environ if environ is None else environ
+  if TUNABLES in environ.get('GLIBC_TUNABLES', ''):
+    return 'on'
+  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
+    return 'off (not glibc on Linux)'
+  if not enabled(environ):
+    return f'off ({DISABLE_VARIABLE}={environ[DISABLE_VARIABLE]})'
+  return 'off'
+
+
 def reexec() -> None:
   """Restarts this interpreter with `environ()` if that changes anything;
   returns where it does not (already set, turned off, not glibc).

@@ -33,6 +33,14 @@ def test_turned_off_leaves_the_environment_alone(value):
   assert malloc_tuning.environ(base) == base
 
 
+@glibc_only
+def test_describe_says_whether_and_why():
+  assert malloc_tuning.describe(malloc_tuning.environ({})) == 'on'
+  assert malloc_tuning.describe({}) == 'off'
+  off = {malloc_tuning.DISABLE_VARIABLE: '0'}
+  assert malloc_tuning.describe(off) == 'off (HPR_MALLOC_TUNING=0)'
+
+
 # Mallocs and frees 64 MiB (over glibc's largest dynamic mmap threshold)
 # 8 times, touching every page, and prints the minor page faults that
 # took, after restarting itself through reexec().

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from hpr import evaluate, input_pipeline, metrics, parallel, train
+from hpr import (
+  evaluate,
+  input_pipeline,
+  malloc_tuning,
+  metrics,
+  parallel,
+  train,
+)
 from hpr.errors import UserError
 from hpr.train_state import create_train_state, jit_eval_step
 from tests.conftest import tiny_config
@@ -154,6 +161,8 @@ def test_kill_and_resume_gives_identical_metrics(data_dir, tmp_path):
   out2, _ = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, out2
   assert 'Resumed from step' in out2
+  if malloc_tuning.enabled():  # hpr.main restarted with its malloc settings.
+    assert 'glibc malloc settings: on' in out2
 
   assert _records(interrupted) == _records(tmp_path / 'straight')
   final = [line for line in out.splitlines() if 'test accuracy' in line]
