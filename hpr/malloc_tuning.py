@@ -16,8 +16,9 @@ heap until it exits.
 glibc reads these settings (GLIBC_TUNABLES) only when a process starts, so
 `reexec()` starts the interpreter again, with the same command line and
 the tunables added to its environment. `python -m hpr.main` does so; the
-training benchmark starts its workers with `environ()`. Set HPR_MALLOC_TUNING=0 to run with glibc's
-defaults; on other C libraries and platforms nothing changes.
+training benchmark starts its workers with `environ()`. Set
+HPR_MALLOC_TUNING=0 to run with glibc's defaults; on other C libraries and
+platforms nothing changes.
 """
 
 import os
@@ -34,13 +35,17 @@ TUNABLES = (
 DISABLE_VARIABLE = 'HPR_MALLOC_TUNING'
 
 
+def _glibc_linux() -> bool:
+  return sys.platform == 'linux' and platform.libc_ver()[0] == 'glibc'
+
+
 def enabled(environ=None) -> bool:
   """Whether the tunables apply here: glibc on Linux, and not turned off
   with HPR_MALLOC_TUNING=0."""
   environ = os.environ if environ is None else environ
   if environ.get(DISABLE_VARIABLE, '1').strip().lower() in ('0', 'false'):
     return False
-  return sys.platform == 'linux' and platform.libc_ver()[0] == 'glibc'
+  return _glibc_linux()
 
 
 def environ(base=None) -> dict[str, str]:
@@ -59,7 +64,7 @@ def describe(environ=None) -> str:
   environ = os.environ if environ is None else environ
   if TUNABLES in environ.get('GLIBC_TUNABLES', ''):
     return 'on'
-  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
+  if not _glibc_linux():
     return 'off (not glibc on Linux)'
   if not enabled(environ):
     return f'off ({DISABLE_VARIABLE}={environ[DISABLE_VARIABLE]})'
