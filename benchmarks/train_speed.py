@@ -174,8 +174,7 @@ def worker(args) -> dict:
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
   median = statistics.median(times)
   out.update(
-    malloc_tuning=malloc_tuning.TUNABLES
-    in os.environ.get('GLIBC_TUNABLES', ''),
+    malloc_tuning=malloc_tuning.describe(),
     page_faults_per_step=faults / len(times),
     step_ms=1e3 * median,
     step_ms_p10=1e3 * _percentile(times, 0.1),
@@ -243,10 +242,9 @@ def _spawn(argv: list[str], malloc: bool = True) -> dict:
   from hpr import malloc_tuning
 
   env = dict(os.environ)
-  if malloc:
-    env = malloc_tuning.environ(env)
-  else:
+  if not malloc:
     env[malloc_tuning.DISABLE_VARIABLE] = '0'
+  env = malloc_tuning.environ(env)
   result = subprocess.run(
     [sys.executable, os.path.abspath(__file__), *argv],
     capture_output=True,

@@ -50,10 +50,18 @@ def enabled(environ=None) -> bool:
 
 def environ(base=None) -> dict[str, str]:
   """A copy of `base` (default os.environ) with hpr's tunables added to
-  GLIBC_TUNABLES (after any already there), unless they do not apply."""
+  GLIBC_TUNABLES (after any already there) where they apply, and taken out
+  where they do not (turned off in a process that inherited them)."""
   env = dict(os.environ if base is None else base)
   current = env.get('GLIBC_TUNABLES', '')
-  if enabled(env) and TUNABLES not in current:
+  if not enabled(env):
+    if TUNABLES in current:
+      rest = [t for t in current.replace(TUNABLES, '').split(':') if t]
+      if rest:
+        env['GLIBC_TUNABLES'] = ':'.join(rest)
+      else:
+        del env['GLIBC_TUNABLES']
+  elif TUNABLES not in current:
     env['GLIBC_TUNABLES'] = f'{current}:{TUNABLES}' if current else TUNABLES
   return env
 

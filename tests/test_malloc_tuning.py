@@ -31,6 +31,17 @@ def test_turned_off_leaves_the_environment_alone(value):
   base = {malloc_tuning.DISABLE_VARIABLE: value}
   assert not malloc_tuning.enabled(base)
   assert malloc_tuning.environ(base) == base
+  # Inherited from a tuned parent: taken out again, the user's kept.
+  inherited = malloc_tuning.environ(
+    {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}
+  )
+  inherited[malloc_tuning.DISABLE_VARIABLE] = value
+  assert malloc_tuning.environ(inherited) == {
+    **base,
+    'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2',
+  }
+  alone = {**base, 'GLIBC_TUNABLES': malloc_tuning.TUNABLES}
+  assert malloc_tuning.environ(alone) == base
 
 
 @glibc_only
