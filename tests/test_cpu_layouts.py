@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hpr.models import layers, recurrent
+from hpr.models import layers, lrcn, recurrent
 from hpr.models.convlstm import ConvLSTMClassifier
 from hpr.models.lrcn import LRCN, _num_chunks
 
@@ -67,12 +67,16 @@ def assert_same_rng_counts(a, b):
 @pytest.mark.parametrize('chunk_frames', [0, 4, 5, 12])
 def test_chunked_frame_cnn_matches_plain_in_train_mode(chunk_frames):
   # 12 frames in chunks of 4 (3 chunks), of <= 5 (4 chunks of 3), or whole.
+  # Blocks on 16x16 (conv_block's fused op), 8x8 and 4x4 (XLA convolutions,
+  # conv_sum) and 2x2 frames (patches @ kernel): every path FrameCNN takes.
+  assert lrcn.CONV_OP_MIN_SIZE == 4
+
   def build():
     model = LRCN(
       4,
       input_shape=CLIP[1:],
-      conv_features=(4, 8),
-      pool_sizes=(2, 2),
+      conv_features=(4, 8, 8, 8),
+      pool_sizes=(2, 2, 2, 2),
       lstm_features=8,
       dropout=0.5,
       rngs=nnx.Rngs(0),

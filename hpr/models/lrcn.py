@@ -7,9 +7,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hpr.models import conv_block, layers, recurrent
+from hpr.models import conv_block, conv_sum, layers, recurrent
 
 Array = jax.Array
+
+# A later block whose input is at least this many pixels high and wide
+# runs its conv as an XLA convolution with `conv_sum`'s backward pass, not
+# as im2col patches @ kernel: on the seed LRCN (blocks on 16x16 and 4x4
+# inputs) the training step at batch 32 is 1.1x faster, at batch 4 as fast
+# (benchmarks/README.md, "Sitting I"); on the 2x2 input of the last block
+# XLA's convolution is several times slower than the patches.
+CONV_OP_MIN_SIZE = 4
 
 
 class FrameCNN(nnx.Module):
@@ -30,7 +38,9 @@ class FrameCNN(nnx.Module):
   (`hpr.models.conv_block`), outside the rematerialised part: it keeps
   little for its backward pass (the frames and a bit mask of the pool's
   maxima), so recomputing it would cost more than it saves. That makes the
-  training step another 1.4x faster.
+  training step another 1.4x faster. Later blocks on inputs of at least
+  CONV_OP_MIN_SIZE pixels a side run their conv as an XLA convolution with
+  `hpr.models.conv_sum`'s backward pass, the others as patches @ kernel.
   """
 
   def __init__(
@@ -125,7 +135,7 @@ class FrameCNN(nnx.Module):
       else:
         if i == 0:
           x = take(x, j)
-        y = layers.conv2d(x, kernel, conv.strides, conv.padding) + bias
+        y = _conv(x, kernel, conv.strides, conv.padding) + bias
         x = layers.max_pool(jax.nn.relu(y), (pool, pool), 'valid')
       if i < len(masks):
         x = layers.apply_dropout_mask(
@@ -165,6 +175,21 @@ class FrameCNN(nnx.Module):
       shape = (frames.shape[0], height, width, features)
       masks.append(layers.dropout_mask(dropout, shape))
     return masks
+
+
+def _conv(x: Array, kernel: Array, strides, padding: str) -> Array:
+  """A block's conv on (N, H, W, C) frames (see CONV_OP_MIN_SIZE)."""
+  height, width = x.shape[1:3]
+  if tuple(strides) != (1, 1) or min(height, width) < CONV_OP_MIN_SIZE:
+    return layers.conv2d(x, kernel, strides, padding)
+  if padding == 'same':
+    pads = tuple(
+      layers.same_padding(n, k, 1)
+      for n, k in zip((height, width), kernel.shape[:2], strict=True)
+    )
+  else:
+    pads = ((0, 0), (0, 0))
+  return conv_sum.conv_sum((x,), (kernel,), (pads,))
 
 
 def _fused(shape, pool: int) -> bool:
