@@ -147,15 +147,19 @@ def run(args) -> dict:
     config = load_config(args.model)
     config.training.batch_size = args.batch_size
     apply_overrides(config, variant['config'], variant['name'])
-    if tuple(
-      (config.input.num_frames, config.input.image_size)
-    ) != tuple(clip_shape[:2]):
+    if tuple((config.input.num_frames, config.input.image_size)) != tuple(
+      clip_shape[:2]
+    ):
       raise VariantError(
         f"--variant '{variant['name']}': the clip size must stay the "
         "baseline's (it would time other work)"
       )
     ts = create_train_state(
-      config, args.num_classes, mesh, 100, model=build_model(config, args.num_classes)
+      config,
+      args.num_classes,
+      mesh,
+      100,
+      model=build_model(config, args.num_classes),
     )
     step = jit_train_step(ts, mesh, seed=0, label_smoothing=0.0)
     t0 = time.perf_counter()
@@ -240,8 +244,8 @@ def run(args) -> dict:
 
 def table(out: dict) -> str:
   lines = [
-    f"{out['model']}, batch {out['batch_size']}, {out['devices']} devices, "
-    f"{out['rounds']} rounds of {out['steps_per_round']} steps",
+    f'{out["model"]}, batch {out["batch_size"]}, {out["devices"]} devices, '
+    f'{out["rounds"]} rounds of {out["steps_per_round"]} steps',
     '',
     '| variant | step ms | clips/s | time / baseline (median of rounds) '
     '| rounds faster |',
@@ -249,8 +253,8 @@ def table(out: dict) -> str:
   ]
   for v in out['variants']:
     lines.append(
-      f"| {v['name']} | {v['step_ms']:.1f} | {v['clips_per_s']:.1f} | "
-      f"{v['median_ratio']:.3f} | {v['rounds_faster']} / {out['rounds']} |"
+      f'| {v["name"]} | {v["step_ms"]:.1f} | {v["clips_per_s"]:.1f} | '
+      f'{v["median_ratio"]:.3f} | {v["rounds_faster"]} / {out["rounds"]} |'
     )
   return '\n'.join(lines)
 

@@ -27,7 +27,9 @@ def test_seed_models_are_the_notebooks(model, params):
   assert count == params
 
 
-STEP_AB = os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'step_ab.py')
+STEP_AB = os.path.join(
+  os.path.dirname(__file__), '..', 'benchmarks', 'step_ab.py'
+)
 
 TINY_LRCN = """
 from hpr import config as config_lib
