@@ -3,10 +3,10 @@ one XLA convolution of the inputs side by side, with a hand-written backward
 pass that XLA:CPU runs fast.
 
 The ConvLSTM's first layer (3 input and 4 hidden channels) uses it for its
-input and recurrent convolutions, the LRCN's FrameCNN for its blocks after
-the first on inputs of 4x4 pixels or more (16 and 32 channels in the
-notebook's network; `hpr.models.lrcn.CONV_OP_MIN_SIZE`). With so few channels XLA's convolution
-needs no im2col patches (9x the input, built and read back): for one step
+input and recurrent convolutions, and the LRCN's FrameCNN for its blocks
+after the first on inputs of 4x4 pixels or more (16 and 32 input channels
+in the notebook's network, `hpr.models.lrcn.CONV_OP_MIN_SIZE`). With so
+few channels XLA's convolution needs no im2col patches (9x the input, built and read back): for one step
 of 16 clips, outside a loop, it is as fast as patches + matmul forward (2.7
 vs 2.5 ms) and twice as fast forward + backward (8.2 vs 17.5 ms), but only
 while its gradients are convolutions in XLA:CPU's canonical layout (batch,

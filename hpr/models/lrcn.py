@@ -14,8 +14,8 @@ Array = jax.Array
 # A later block whose input is at least this many pixels high and wide
 # runs its conv as an XLA convolution with `conv_sum`'s backward pass, not
 # as im2col patches @ kernel: on the seed LRCN (blocks on 16x16 and 4x4
-# inputs) the training step at batch 32 is 1.1x faster, at batch 4 as fast
-# (benchmarks/README.md, "Sitting I"); on the 2x2 input of the last block
+# inputs) the training step at batch 32 is 1.06-1.13x faster, at batch 4
+# as fast (benchmarks/README.md, "Sitting I"); on the 2x2 input of the last block
 # XLA's convolution is several times slower than the patches.
 CONV_OP_MIN_SIZE = 4
 
