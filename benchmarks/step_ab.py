@@ -104,7 +104,10 @@ def apply_overrides(config, overrides: dict, variant: str) -> None:
       node = node[part]
     if leaf not in node:
       raise VariantError(f"--variant '{variant}': no config key '{key}'")
-    node[leaf] = value
+    try:
+      node[leaf] = value
+    except TypeError as e:  # ml_collections keeps each field's type.
+      raise VariantError(f"--variant '{variant}': {key}: {e}") from e
 
 
 def run(args) -> dict:

@@ -89,6 +89,7 @@ def test_step_ab_times_every_variant_in_turns(tmp_path):
   'variant, message',
   [
     ('x:config.model.lrcn.nope=1', "no config key 'model.lrcn.nope'"),
+    ('x:config.training.batch_size=abc', 'training.batch_size: '),
     ('x', 'expected NAME:ITEM'),
     ('x:warp=9', 'is not config.KEY=, xla.OPTION= or setup='),
   ],
