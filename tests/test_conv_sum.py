@@ -1,6 +1,7 @@
 """conv_sum against a sum of `lax.conv_general_dilated` under autodiff:
 values and the gradients of every input and kernel, for the paddings the
-ConvLSTM uses (valid input, 'same' hidden state, odd and even kernels)."""
+ConvLSTM uses (valid input, 'same' hidden state, odd and even kernels), one
+pixel per row and several (`pixels_per_row`, the packed convolution)."""
 
 import jax
 import jax.numpy as jnp
@@ -51,11 +52,22 @@ CASES = {
     (same(7, 2), same(6, 3)),
     (2, 3),
   ),
+  # Widths divisible by 3 (12 padded, 9 out), so 3 pixels a row pack too.
+  'valid+same-3x4': (
+    (9, 12),
+    ((0, 0), (0, 0)),
+    (7, 9),
+    (same(7, 3), same(9, 4)),
+    (3, 4),
+  ),
 }
 
 
+@pytest.mark.parametrize('pixels', [1, 2, 3])
 @pytest.mark.parametrize('case', list(CASES))
-def test_conv_sum_matches_autodiff_of_two_convs(case):
+def test_conv_sum_matches_autodiff_of_two_convs(case, pixels):
+  # pixels_per_row=2 packs all but the 3x4 case, 3 only that one; the others
+  # fall back to one pixel a row.
   size_a, pad_a, size_b, pad_b, (kh, kw) = CASES[case]
   keys = jax.random.split(jax.random.key(0), 5)
   a = jax.random.normal(keys[0], (2, *size_a, 3))
@@ -63,7 +75,10 @@ def test_conv_sum_matches_autodiff_of_two_convs(case):
   ka = jax.random.normal(keys[2], (kh, kw, 3, 16))
   kb = jax.random.normal(keys[3], (kh, kw, 4, 16))
   paddings = (pad_a, pad_b)
-  got = conv_sum((a, b), (ka, kb), paddings)
+  def packed(inputs, kernels, paddings):
+    return conv_sum(inputs, kernels, paddings, pixels_per_row=pixels)
+
+  got = packed((a, b), (ka, kb), paddings)
   want = reference((a, b), (ka, kb), paddings)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -76,7 +91,7 @@ def test_conv_sum_matches_autodiff_of_two_convs(case):
       jnp.tanh(fn(args[:2], args[2:], paddings)) * weights
     )
 
-  grads = jax.grad(loss(conv_sum), argnums=(0, 1, 2, 3))(a, b, ka, kb)
+  grads = jax.grad(loss(packed), argnums=(0, 1, 2, 3))(a, b, ka, kb)
   expected = jax.grad(loss(reference), argnums=(0, 1, 2, 3))(a, b, ka, kb)
   for name, g, e in zip(('a', 'b', 'ka', 'kb'), grads, expected, strict=True):
     assert g.shape == e.shape, name
@@ -84,6 +99,27 @@ def test_conv_sum_matches_autodiff_of_two_convs(case):
     assert scale > 0, name
     err = float(jnp.max(jnp.abs(g - e))) / scale
     assert err < 1e-5, (name, err)
+
+
+def test_pixels_per_row_packs_the_convolution():
+  # Two pixels a row: the forward convolution runs on (N, H, W/2, 2C)
+  # images into 2F channels; widths it cannot pack (odd) fall back.
+  a, b = jnp.ones((2, 9, 8, 3)), jnp.ones((2, 7, 6, 4))
+  ka, kb = jnp.ones((3, 3, 3, 16)), jnp.ones((3, 3, 4, 16))
+  pads = (((0, 0), (0, 0)), ((1, 1), (1, 1)))
+
+  def hlo(a, b, pixels):
+    fn = jax.jit(
+      lambda a, b: conv_sum((a, b), (ka, kb), pads, pixels_per_row=pixels)
+    )
+    return fn.lower(a, b).as_text()
+
+  assert 'tensor<2x7x3x32xf32>' in hlo(a, b, 2)
+  assert 'tensor<2x7x6x16xf32>' in hlo(a, b, 1)
+  odd_a, odd_b = jnp.ones((2, 9, 9, 3)), jnp.ones((2, 7, 7, 4))
+  assert 'tensor<2x7x7x16xf32>' in hlo(odd_a, odd_b, 2)
+  with pytest.raises(ValueError, match='pixels_per_row'):
+    hlo(a, b, 0)
 
 
 def test_conv_sum_under_jit_and_scan():
