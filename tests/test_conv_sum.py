@@ -37,6 +37,14 @@ CASES = {
     (same(7, 3), same(6, 3)),
     (3, 3),
   ),
+  # An odd output width: packed, it is rounded up and sliced.
+  'valid+same-3x3-odd': (
+    (9, 9),
+    ((0, 0), (0, 0)),
+    (7, 7),
+    (same(7, 3), same(7, 3)),
+    (3, 3),
+  ),
   'same+same-3x3': (
     (7, 6),
     (same(7, 3), same(6, 3)),
@@ -66,8 +74,8 @@ CASES = {
 @pytest.mark.parametrize('pixels', [1, 2, 3])
 @pytest.mark.parametrize('case', list(CASES))
 def test_conv_sum_matches_autodiff_of_two_convs(case, pixels):
-  # pixels_per_row=2 packs all but the 3x4 case, 3 only that one; the others
-  # fall back to one pixel a row.
+  # pixels_per_row=2 packs the 3x3 kernels, 3 the 3x4 one; the others fall
+  # back to one pixel a row.
   size_a, pad_a, size_b, pad_b, (kh, kw) = CASES[case]
   keys = jax.random.split(jax.random.key(0), 5)
   a = jax.random.normal(keys[0], (2, *size_a, 3))
@@ -103,7 +111,7 @@ def test_conv_sum_matches_autodiff_of_two_convs(case, pixels):
 
 def test_pixels_per_row_packs_the_convolution():
   # Two pixels a row: the forward convolution runs on (N, H, W/2, 2C)
-  # images into 2F channels; widths it cannot pack (odd) fall back.
+  # images into 2F channels; an odd width is rounded up and sliced.
   a, b = jnp.ones((2, 9, 8, 3)), jnp.ones((2, 7, 6, 4))
   ka, kb = jnp.ones((3, 3, 3, 16)), jnp.ones((3, 3, 4, 16))
   pads = (((0, 0), (0, 0)), ((1, 1), (1, 1)))
@@ -117,7 +125,7 @@ def test_pixels_per_row_packs_the_convolution():
   assert 'tensor<2x7x3x32xf32>' in hlo(a, b, 2)
   assert 'tensor<2x7x6x16xf32>' in hlo(a, b, 1)
   odd_a, odd_b = jnp.ones((2, 9, 9, 3)), jnp.ones((2, 7, 7, 4))
-  assert 'tensor<2x7x7x16xf32>' in hlo(odd_a, odd_b, 2)
+  assert 'tensor<2x7x4x32xf32>' in hlo(odd_a, odd_b, 2)
   with pytest.raises(ValueError, match='pixels_per_row'):
     hlo(a, b, 0)
 

@@ -1,7 +1,8 @@
 """The optimised ConvLSTM (time-major, rematerialised in the backward pass,
-scan unrolled or not; the first layer's convs (3 + 4 channels) as one XLA
-convolution with a hand-written backward pass, the second's (4 + 6) as
-patches @ kernel)
+scan unrolled or not; the first two layers' convs (3 + 4 and 4 + 6
+channels) as one XLA convolution on packed 2-pixel rows with a hand-written
+backward pass, the first on an odd width, the third's (6 + 10) as patches @
+kernel)
 against the straightforward formulation: a Python loop over time with
 `lax.conv_general_dilated` for both convolutions, as the Keras equations
 read. Forward and gradients agree to 1e-5 relative error."""
@@ -15,8 +16,10 @@ from flax import nnx
 from hpr.models import layers
 from hpr.models.convlstm import ConvLSTMClassifier
 
-INPUT_SHAPE = (5, 18, 18, 3)
-FILTERS = (4, 6)
+# 17x17 frames: 15x15 out of the first layer (odd, packed rounded up), 6x6
+# out of the second, 1x1 out of the third.
+INPUT_SHAPE = (5, 17, 17, 3)
+FILTERS = (4, 6, 10)
 
 
 def conv(x, kernel, padding):
@@ -96,10 +99,21 @@ def test_optimised_convlstm_matches_straightforward(unroll):
   )
   flat_got = jax.tree_util.tree_leaves_with_path(g_got)
   flat_want = dict(jax.tree_util.tree_leaves_with_path(g_want))
-  assert len(flat_got) == len(flat_want) == 8  # 2 x (kernel, rec, bias), dense
+  # 3 x (kernel, rec, bias), dense
+  assert len(flat_got) == len(flat_want) == 11
   for path, value in flat_got:
     want_value = flat_want[path]
     scale = float(jnp.max(jnp.abs(want_value)))
     assert scale > 0, path
     err = float(jnp.max(jnp.abs(value - want_value))) / scale
     assert err < 1e-5, (jax.tree_util.keystr(path), err)
+
+
+def test_the_layers_cover_both_convolution_paths():
+  # So the test above checks conv_sum (layers 1-2) and patches (layer 3).
+  model = make_model(1)
+  uses = [
+    layer.cell._uses_conv_sum(jnp.zeros((1, 3, 3, channels)))
+    for layer, channels in zip(model.convlstms, (3, 4, 6), strict=True)
+  ]
+  assert uses == [True, True, False]

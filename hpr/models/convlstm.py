@@ -12,16 +12,17 @@ from hpr.models import conv_sum, layers, recurrent
 Array = jax.Array
 
 # A step whose input and hidden state have at most this many channels
-# together runs its two convolutions as XLA convolutions (`conv_sum`), not
-# as im2col patches @ kernel: with the notebook's first layer (3 + 4
-# channels) done that way its training step is 5-10% faster at batch 32 and
-# as fast at batch 4 (benchmarks/README.md); the later layers (12+
-# channels) are as fast or faster as patches.
-CONV_SUM_MAX_CHANNELS = 8
-# ... on rows of this many pixels packed into one (`conv_sum`'s
-# pixels_per_row: the first layer's 7 -> 16 channels as 14 -> 32, where the
-# widths allow): the notebook's ConvLSTM trains 1.10-1.14x faster at batch
-# 32 and 1.14x at batch 4 than with one pixel a row (benchmarks/README.md).
+# together runs its two convolutions as one XLA convolution (`conv_sum`) on
+# rows of CONV_SUM_PIXELS_PER_ROW pixels packed into one, not as im2col
+# patches @ kernel. XLA:CPU's convolution gains from more channels in and
+# out: packed two pixels a row, the notebook's first layer (3 + 4 channels
+# -> 16) runs as 14 -> 32 and its second (4 + 8 -> 32) as 24 -> 64. The
+# notebook's ConvLSTM trains 1.10-1.14x faster at batch 32 and 1.14x at
+# batch 4 with its first layer so than with one pixel a row, and 1.14x
+# faster again at batch 32 (as fast at batch 4) with its second layer too;
+# the third and fourth (22 and 30 channels) gain nothing more
+# (benchmarks/README.md).
+CONV_SUM_MAX_CHANNELS = 12
 CONV_SUM_PIXELS_PER_ROW = 2
 
 
