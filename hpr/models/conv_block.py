@@ -89,14 +89,46 @@ def strip_patches(x: Array, kernel_size, strip: int) -> Array:
 
 
 def strip_patches_t(x: Array, kernel_size, strip: int) -> Array:
-  """`strip_patches` with the patch axis first: (K, N, H, W / strip)."""
-  return jnp.stack(
-    [
-      s[..., c]
-      for s in _strip_slices(x, kernel_size, strip)
-      for c in range(s.shape[-1])
+  """`strip_patches` with the patch axis first: (K, N, H, W / strip).
+
+  Built from the padded input with its channels (of a group of `strip`
+  pixels, where `_strip_slices` groups them) moved first, once, so that
+  every slice is contiguous along the width."""
+  kh, kw = kernel_size
+  height, width = x.shape[1:3]
+  x = _pad_same(x, kernel_size)
+  n, padded_h, padded_w, channels = x.shape
+  if _grouped(kw, padded_w, strip):
+    groups = x.reshape(n, padded_h, padded_w // strip, strip * channels)
+    t = jnp.moveaxis(groups, -1, 0)
+    parts = [
+      t[:, :, dy : dy + height, j : j + width // strip]
+      for dy in range(kh)
+      for j in range((kw - 1) // strip + 1)
     ]
+  else:
+    t = jnp.moveaxis(x, -1, 0)
+    parts = [
+      t[:, :, dy : dy + height, dx : dx + width - strip + 1 : strip]
+      for dy in range(kh)
+      for dx in range(kw + strip - 1)
+    ]
+  return jnp.concatenate(parts, axis=0)
+
+
+def _pad_same(x: Array, kernel_size) -> Array:
+  """(N, H, W, C) padded for a 'same' conv of that kernel size."""
+  (kh, kw), (height, width) = kernel_size, x.shape[1:3]
+  pads = (
+    layers.same_padding(height, kh, 1),
+    layers.same_padding(width, kw, 1),
   )
+  return jnp.pad(x, ((0, 0), *pads, (0, 0)))
+
+
+def _grouped(kw: int, padded_width: int, strip: int) -> bool:
+  """Whether each strip's patch row is whole groups of `strip` pixels."""
+  return (kw - 1) % strip == 0 and padded_width % strip == 0
 
 
 def _strip_slices(x, kernel_size, strip):
@@ -106,13 +138,9 @@ def _strip_slices(x, kernel_size, strip):
   strip, C) slices, one per (dy, dx)."""
   kh, kw = kernel_size
   height, width = x.shape[1:3]
-  pads = (
-    layers.same_padding(height, kh, 1),
-    layers.same_padding(width, kw, 1),
-  )
-  x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  x = _pad_same(x, kernel_size)
   n, padded_h, padded_w, channels = x.shape
-  if (kw - 1) % strip == 0 and padded_w % strip == 0:
+  if _grouped(kw, padded_w, strip):
     # The pixels of each strip's patch row are whole groups of `strip`
     # neighbours: contiguous slices of the padded image seen as rows of
     # groups (the same memory), fewer and wider than one per dx, which
