@@ -145,8 +145,8 @@ def _strip_slices(x, kernel_size, strip):
     # neighbours: contiguous slices of the padded image seen as rows of
     # groups (the same memory), fewer and wider than one per dx, which
     # XLA:CPU copies faster. The seed LRCN's training step (strip 2: 6
-    # slices of 6 channels, not 12 strided ones of 3) is 1.14x faster at
-    # batch 4 and 32 (benchmarks/README.md).
+    # slices of 6 channels, not 12 strided ones of 3) is 1.09-1.14x faster
+    # at batch 32 and 1.14x at batch 4 (benchmarks/README.md).
     groups = x.reshape(n, padded_h, padded_w // strip, strip * channels)
     return [
       groups[:, dy : dy + height, j : j + width // strip]

@@ -17,8 +17,8 @@ Array = jax.Array
 # patches @ kernel. XLA:CPU's convolution gains from more channels in and
 # out: packed two pixels a row, the notebook's first layer (3 + 4 channels
 # -> 16) runs as 14 -> 32 and its second (4 + 8 -> 32) as 24 -> 64. The
-# notebook's ConvLSTM trains 1.10-1.14x faster at batch 32 and 1.14x at
-# batch 4 with its first layer so than with one pixel a row, and 1.14x
+# notebook's ConvLSTM trains 1.10-1.13x faster at batch 32 and 1.14x at
+# batch 4 with its first layer so than with one pixel a row, and 1.14-1.16x
 # faster again at batch 32 (as fast at batch 4) with its second layer too;
 # the third and fourth (22 and 30 channels) gain nothing more
 # (benchmarks/README.md).
