@@ -87,9 +87,9 @@ def test_strip_kernel_maps_strip_patches_to_the_conv(strip):
   # Strip 2 builds the patches from groups of 2 pixels, 4 one pixel at a
   # time (a 3-wide kernel's rows are not whole groups of 4).
   x, kernel, _ = inputs((2, 8, 8, 3), 4, False)
-  strips = conv_block.strip_patches(
-    x, (3, 3), strip
-  ) @ conv_block.strip_kernel(kernel, strip)
+  strips = conv_block.strip_patches(x, (3, 3), strip) @ conv_block.strip_kernel(
+    kernel, strip
+  )
   np.testing.assert_allclose(
     strips.reshape(2, 8, 8, 4),
     layers.conv2d(x, kernel, (1, 1), 'same'),

@@ -83,6 +83,7 @@ def test_conv_sum_matches_autodiff_of_two_convs(case, pixels):
   ka = jax.random.normal(keys[2], (kh, kw, 3, 16))
   kb = jax.random.normal(keys[3], (kh, kw, 4, 16))
   paddings = (pad_a, pad_b)
+
   def packed(inputs, kernels, paddings):
     return conv_sum(inputs, kernels, paddings, pixels_per_row=pixels)
 
