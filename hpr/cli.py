@@ -49,6 +49,14 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
   # Cache every compilation that takes noticeable time (default: > 1 s).
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  # The LRCN's native first block (hpr.models.native_block) is a
+  # custom_partitioning op, whose IR holds a pointer that differs in every
+  # process, so its programs would never hit the cache
+  # (jax-ml/jax#21159). The pointer only finds the op's partitioning
+  # callbacks, which depend on nothing but what the IR also holds (the
+  # pool and padding of the custom call inside it), so leaving it out of
+  # the key is safe here.
+  jax.config.update('jax_remove_custom_partitioning_ptr_from_cache_key', True)
 
 
 def configure_cpu_devices(count: int, batch_sizes: tuple[int, ...] = ()) -> int:

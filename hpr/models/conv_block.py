@@ -1,6 +1,10 @@
 """The LRCN's per-frame block, conv ('same', stride 1) + bias + ReLU + max
 pool (window = stride, 'valid'), as one op with a hand-written backward pass.
 
+This is the XLA version, for every backend; on the CPU FrameCNN runs the
+seed's first block as `hpr.models.native_block`'s compiled kernels, which
+compute the same numbers (the same mask, the same split of tied maxima).
+
 The numbers are those of `layers.conv2d` -> ReLU -> `layers.max_pool` under
 autodiff (a pooled gradient is split evenly between tied maxima, as JAX's
 `reduce_max` splits it), computed in fewer passes over the full-resolution

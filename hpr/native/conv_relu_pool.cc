@@ -1,0 +1,223 @@
+// The LRCN's first block on CPU, conv ('same', stride 1) + bias + ReLU +
+// max pool (window = stride, 'valid'), as two XLA FFI handlers: the forward
+// pass (pooled output and the bit mask of each window's maxima, as
+// hpr/models/conv_block.py defines them) and the kernel's gradient from the
+// mask and the pooled gradient. hpr/models/native_block.py calls them;
+// setup.py builds this file into hpr/_conv_relu_pool*.so.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+// On x86-64 Linux the hot loops are compiled for AVX-512, AVX2 and the
+// baseline, and the loader picks the best the CPU has (GNU ifuncs).
+#if defined(__x86_64__) && defined(__linux__)
+#define HPR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HPR_CLONES
+#endif
+
+namespace {
+
+struct Shape {
+  int64_t n, h, w, c, f, kh, kw, pool, pad_top, pad_left;
+  int64_t ph() const { return h + kh - 1; }
+  int64_t pw() const { return w + kw - 1; }
+  int64_t oh() const { return h / pool; }
+  int64_t ow() const { return w / pool; }
+  int64_t k() const { return kh * kw * c; }
+};
+
+// One image, zero-padded for a 'same' conv: (ph, pw, c).
+void Pad(const Shape& s, const float* x, float* xp) {
+  std::fill(xp, xp + s.ph() * s.pw() * s.c, 0.0f);
+  for (int64_t r = 0; r < s.h; ++r) {
+    std::memcpy(xp + ((r + s.pad_top) * s.pw() + s.pad_left) * s.c,
+                x + r * s.w * s.c, sizeof(float) * s.w * s.c);
+  }
+}
+
+// 16 floats: GCC lowers its arithmetic to the widest vectors of each
+// target_clones target (one AVX-512 register, two AVX2 ones, ...).
+typedef float V16 __attribute__((vector_size(64)));
+typedef int32_t I16 __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+
+inline V16 Load(const float* p) {
+  V16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void Store(float* p, V16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// The P x P window (i, j) of 16 channels starting at f0: acc[t] for window
+// pixel t = a P + b is the conv's output there, summed over (dy, dx, c) in
+// that order.
+template <int P>
+inline void Window(const Shape& s, const float* xp, const float* kernel,
+                   int64_t i, int64_t j, int64_t f0, V16* acc) {
+  for (int t = 0; t < P * P; ++t) acc[t] = V16{};
+  const int64_t row_len = s.pw() * s.c, taps = s.kw * s.c;
+  const float* base = xp + (i * P * s.pw() + j * P) * s.c;
+  for (int64_t dy = 0; dy < s.kh; ++dy) {
+    for (int64_t e = 0; e < taps; ++e) {
+      const V16 w = Load(kernel + (dy * taps + e) * s.f + f0);
+      const float* x0 = base + dy * row_len + e;
+      for (int a = 0; a < P; ++a)
+        for (int b = 0; b < P; ++b)
+          acc[a * P + b] += x0[a * row_len + b * s.c] * w;
+    }
+  }
+}
+
+template <int P>
+HPR_CLONES
+void Forward(const Shape& s, const float* x, const float* kernel,
+             const float* bias, float* out, int32_t* mask) {
+  std::vector<float> xp(s.ph() * s.pw() * s.c);
+  V16 acc[P * P];
+  for (int64_t n = 0; n < s.n; ++n) {
+    Pad(s, x + n * s.h * s.w * s.c, xp.data());
+    for (int64_t i = 0; i < s.oh(); ++i) {
+      for (int64_t j = 0; j < s.ow(); ++j) {
+        const int64_t o = ((n * s.oh() + i) * s.ow() + j) * s.f;
+        for (int64_t f0 = 0; f0 < s.f; f0 += kLanes) {
+          Window<P>(s, xp.data(), kernel, i, j, f0, acc);
+          V16 peak = acc[0];
+          for (int t = 1; t < P * P; ++t)
+            peak = peak > acc[t] ? peak : acc[t];
+          const V16 b = Load(bias + f0);
+          peak += b;
+          I16 bits = I16{};
+          for (int t = 0; t < P * P; ++t)
+            bits |= (acc[t] + b == peak) & (1 << t);
+          bits &= peak > 0.0f;
+          Store(out + o + f0, peak > 0.0f ? peak : V16{});
+          std::memcpy(mask + o + f0, &bits, sizeof(bits));
+        }
+      }
+    }
+  }
+}
+
+template <int P>
+HPR_CLONES
+void KernelGrad(const Shape& s, const float* x, const int32_t* mask,
+                const float* g, float* dkernel) {
+  const int64_t k_n = s.k(), row_len = s.pw() * s.c, taps = s.kw * s.c;
+  std::vector<float> xp(s.ph() * s.pw() * s.c), part(k_n * s.f);
+  std::vector<double> total(k_n * s.f, 0.0);
+  V16 dy[P * P];
+  for (int64_t n = 0; n < s.n; ++n) {
+    Pad(s, x + n * s.h * s.w * s.c, xp.data());
+    std::fill(part.begin(), part.end(), 0.0f);
+    for (int64_t i = 0; i < s.oh(); ++i) {
+      for (int64_t j = 0; j < s.ow(); ++j) {
+        const int64_t o = ((n * s.oh() + i) * s.ow() + j) * s.f;
+        const float* base = xp.data() + (i * P * s.pw() + j * P) * s.c;
+        for (int64_t f0 = 0; f0 < s.f; f0 += kLanes) {
+          I16 m;
+          std::memcpy(&m, mask + o + f0, sizeof(m));
+          // Each window's pooled gradient, split evenly between its maxima.
+          V16 share = Load(g + o + f0);
+          for (int l = 0; l < kLanes; ++l)
+            share[l] /= static_cast<float>(std::max(__builtin_popcount(m[l]), 1));
+          for (int t = 0; t < P * P; ++t)
+            dy[t] = ((m >> t) & 1) != 0 ? share : V16{};
+          for (int64_t d = 0; d < s.kh; ++d) {
+            for (int64_t e = 0; e < taps; ++e) {
+              const float* x0 = base + d * row_len + e;
+              V16 sum[2] = {V16{}, V16{}};
+              for (int a = 0; a < P; ++a)
+                for (int b = 0; b < P; ++b)
+                  sum[b & 1] += x0[a * row_len + b * s.c] * dy[a * P + b];
+              float* w = part.data() + (d * taps + e) * s.f + f0;
+              Store(w, Load(w) + (sum[0] + sum[1]));
+            }
+          }
+        }
+      }
+    }
+    for (int64_t e = 0; e < k_n * s.f; ++e) total[e] += part[e];
+  }
+  for (int64_t e = 0; e < k_n * s.f; ++e)
+    dkernel[e] = static_cast<float>(total[e]);
+}
+
+ffi::Error CheckShape(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& kernel,
+                      int64_t pool, int64_t pad_top, int64_t pad_left,
+                      Shape* s) {
+  auto xd = x.dimensions();
+  auto kd = kernel.dimensions();
+  if (xd.size() != 4 || kd.size() != 4 || kd[2] != xd[3])
+    return ffi::Error::InvalidArgument("conv_relu_pool: bad operand shapes");
+  if (pool < 2 || pool > 5)
+    return ffi::Error::InvalidArgument("conv_relu_pool: pool not in 2..5");
+  if (kd[3] % kLanes)
+    return ffi::Error::InvalidArgument(
+        "conv_relu_pool: features not a multiple of 16");
+  *s = {xd[0], xd[1], xd[2], xd[3], kd[3], kd[0], kd[1], pool, pad_top,
+        pad_left};
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                       ffi::Buffer<ffi::F32> bias,
+                       ffi::ResultBuffer<ffi::F32> out,
+                       ffi::ResultBuffer<ffi::S32> mask, int64_t pool,
+                       int64_t pad_top, int64_t pad_left) {
+  Shape s;
+  if (auto e = CheckShape(x, kernel, pool, pad_top, pad_left, &s); e.failure())
+    return e;
+  auto run = s.pool == 2 ? Forward<2> : s.pool == 3 ? Forward<3>
+             : s.pool == 4 ? Forward<4> : Forward<5>;
+  run(s, x.typed_data(), kernel.typed_data(), bias.typed_data(),
+      out->typed_data(), mask->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error KernelGradImpl(ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::F32> kernel,
+                          ffi::Buffer<ffi::S32> mask,
+                          ffi::Buffer<ffi::F32> g,
+                          ffi::ResultBuffer<ffi::F32> dkernel, int64_t pool,
+                          int64_t pad_top, int64_t pad_left) {
+  Shape s;
+  if (auto e = CheckShape(x, kernel, pool, pad_top, pad_left, &s); e.failure())
+    return e;
+  auto run = s.pool == 2 ? KernelGrad<2> : s.pool == 3 ? KernelGrad<3>
+             : s.pool == 4 ? KernelGrad<4> : KernelGrad<5>;
+  run(s, x.typed_data(), mask.typed_data(), g.typed_data(),
+      dkernel->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HprConvReluPoolForward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("pool")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HprConvReluPoolKernelGrad, KernelGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("pool")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
