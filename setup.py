@@ -20,7 +20,7 @@ setup(
       sources=['hpr/native/conv_relu_pool.cc'],
       include_dirs=[_xla_ffi_include()],
       language='c++',
-      extra_compile_args=['-std=c++17', '-O3', '-Wno-attributes'],
+      extra_compile_args=['-std=c++17', '-O3', '-Wno-attributes', '-Wno-psabi'],
     )
   ]
 )

@@ -14,14 +14,20 @@ benchmarks/README.md that is 7-8x faster than the patches + matmul of
 `conv_block` for the seed LRCN's first block (320 frames: forward 14 against
 107 ms, kernel gradient 14 against 112 ms).
 
+Each call splits its images, in blocks of 4, between the calling thread
+and XLA's intra-op thread pool (neutral on the 2-core CPU, where each of
+the two devices already runs its half of the batch on one core; it matters
+with fewer devices than cores).
+
 Only the forward pass and the kernel's gradient are native; the input's
 gradient (which XLA drops when, as for video frames, nothing asks for it)
 and the bias' are XLA ops. Each op is partitioned along the batch with
 `custom_partitioning`, so under `jax.jit` on a batch sharded over a
 ('data',) mesh every device runs its own part, and the kernel's gradient is
 summed over the devices with one all-reduce. Summation orders are fixed
-(per image in float32, over images in float64), so results are
-deterministic; they differ from `conv_block`'s in the last bits.
+(per image in float32, over images in float64, whatever the number of
+threads), so results are deterministic; they differ from `conv_block`'s in
+the last bits.
 
 `available()` says whether the library loaded (it is built on Linux and
 macOS; FrameCNN falls back to `conv_block` where it is missing, or where

@@ -6,6 +6,10 @@
 // setup.py builds this file into hpr/_conv_relu_pool*.so.
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -78,11 +82,12 @@ inline void Window(const Shape& s, const float* xp, const float* kernel,
 
 template <int P>
 HPR_CLONES
-void Forward(const Shape& s, const float* x, const float* kernel,
-             const float* bias, float* out, int32_t* mask) {
+void Forward(const Shape& s, int64_t begin, int64_t end, const float* x,
+             const float* kernel, const float* bias, float* out,
+             int32_t* mask) {
   std::vector<float> xp(s.ph() * s.pw() * s.c);
   V16 acc[P * P];
-  for (int64_t n = 0; n < s.n; ++n) {
+  for (int64_t n = begin; n < end; ++n) {
     Pad(s, x + n * s.h * s.w * s.c, xp.data());
     for (int64_t i = 0; i < s.oh(); ++i) {
       for (int64_t j = 0; j < s.ow(); ++j) {
@@ -108,13 +113,12 @@ void Forward(const Shape& s, const float* x, const float* kernel,
 
 template <int P>
 HPR_CLONES
-void KernelGrad(const Shape& s, const float* x, const int32_t* mask,
-                const float* g, float* dkernel) {
+void KernelGrad(const Shape& s, int64_t begin, int64_t end, const float* x,
+                const int32_t* mask, const float* g, double* total) {
   const int64_t k_n = s.k(), row_len = s.pw() * s.c, taps = s.kw * s.c;
   std::vector<float> xp(s.ph() * s.pw() * s.c), part(k_n * s.f);
-  std::vector<double> total(k_n * s.f, 0.0);
   V16 dy[P * P];
-  for (int64_t n = 0; n < s.n; ++n) {
+  for (int64_t n = begin; n < end; ++n) {
     Pad(s, x + n * s.h * s.w * s.c, xp.data());
     std::fill(part.begin(), part.end(), 0.0f);
     for (int64_t i = 0; i < s.oh(); ++i) {
@@ -146,9 +150,43 @@ void KernelGrad(const Shape& s, const float* x, const int32_t* mask,
     }
     for (int64_t e = 0; e < k_n * s.f; ++e) total[e] += part[e];
   }
-  for (int64_t e = 0; e < k_n * s.f; ++e)
-    dkernel[e] = static_cast<float>(total[e]);
 }
+
+// Images go to the threads in blocks of this many, a split that does not
+// depend on the number of threads, so neither do the kernel gradient's sums.
+constexpr int64_t kBlock = 4;
+
+// Runs fn(block) for block = 0 .. blocks - 1 on the calling thread and on
+// XLA's intra-op thread pool, and returns when all are done. The caller
+// takes blocks too, so the work finishes even if no pool thread comes.
+template <typename Fn>
+void ParallelFor(ffi::ThreadPool& pool, int64_t blocks, Fn fn) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    int64_t done = 0;
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, blocks, fn]() {
+    int64_t finished = 0;
+    for (int64_t b; (b = state->next.fetch_add(1)) < blocks; ++finished) fn(b);
+    std::lock_guard<std::mutex> lock(state->mu);
+    state->done += finished;
+    state->cv.notify_all();
+  };
+  const int64_t helpers =
+      std::min<int64_t>(pool.num_threads(), blocks) - 1;
+  for (int64_t i = 0; i < helpers; ++i) {
+    auto task = work;
+    pool.Schedule(std::move(task));
+  }
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done == blocks; });
+}
+
+int64_t Blocks(const Shape& s) { return (s.n + kBlock - 1) / kBlock; }
 
 ffi::Error CheckShape(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& kernel,
                       int64_t pool, int64_t pad_top, int64_t pad_left,
@@ -167,34 +205,52 @@ ffi::Error CheckShape(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& kernel,
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::Buffer<ffi::F32> kernel,
                        ffi::Buffer<ffi::F32> bias,
                        ffi::ResultBuffer<ffi::F32> out,
-                       ffi::ResultBuffer<ffi::S32> mask, int64_t pool,
+                       ffi::ResultBuffer<ffi::S32> mask, int64_t pool_size,
                        int64_t pad_top, int64_t pad_left) {
   Shape s;
-  if (auto e = CheckShape(x, kernel, pool, pad_top, pad_left, &s); e.failure())
+  if (auto e = CheckShape(x, kernel, pool_size, pad_top, pad_left, &s);
+      e.failure())
     return e;
   auto run = s.pool == 2 ? Forward<2> : s.pool == 3 ? Forward<3>
              : s.pool == 4 ? Forward<4> : Forward<5>;
-  run(s, x.typed_data(), kernel.typed_data(), bias.typed_data(),
-      out->typed_data(), mask->typed_data());
+  ParallelFor(pool, Blocks(s), [&, run](int64_t b) {
+    run(s, b * kBlock, std::min(s.n, (b + 1) * kBlock), x.typed_data(),
+        kernel.typed_data(), bias.typed_data(), out->typed_data(),
+        mask->typed_data());
+  });
   return ffi::Error::Success();
 }
 
-ffi::Error KernelGradImpl(ffi::Buffer<ffi::F32> x,
+ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> kernel,
                           ffi::Buffer<ffi::S32> mask,
                           ffi::Buffer<ffi::F32> g,
-                          ffi::ResultBuffer<ffi::F32> dkernel, int64_t pool,
-                          int64_t pad_top, int64_t pad_left) {
+                          ffi::ResultBuffer<ffi::F32> dkernel,
+                          int64_t pool_size, int64_t pad_top,
+                          int64_t pad_left) {
   Shape s;
-  if (auto e = CheckShape(x, kernel, pool, pad_top, pad_left, &s); e.failure())
+  if (auto e = CheckShape(x, kernel, pool_size, pad_top, pad_left, &s);
+      e.failure())
     return e;
   auto run = s.pool == 2 ? KernelGrad<2> : s.pool == 3 ? KernelGrad<3>
              : s.pool == 4 ? KernelGrad<4> : KernelGrad<5>;
-  run(s, x.typed_data(), mask.typed_data(), g.typed_data(),
-      dkernel->typed_data());
+  const int64_t size = s.k() * s.f, blocks = Blocks(s);
+  // One sum per block, in float64, added up in block order.
+  std::vector<double> sums(blocks * size, 0.0);
+  ParallelFor(pool, blocks, [&, run](int64_t b) {
+    run(s, b * kBlock, std::min(s.n, (b + 1) * kBlock), x.typed_data(),
+        mask.typed_data(), g.typed_data(), sums.data() + b * size);
+  });
+  float* out = dkernel->typed_data();
+  for (int64_t e = 0; e < size; ++e) {
+    double total = 0.0;
+    for (int64_t b = 0; b < blocks; ++b) total += sums[b * size + e];
+    out[e] = static_cast<float>(total);
+  }
   return ffi::Error::Success();
 }
 
@@ -202,6 +258,7 @@ ffi::Error KernelGradImpl(ffi::Buffer<ffi::F32> x,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HprConvReluPoolForward, ForwardImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -213,6 +270,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HprConvReluPoolForward, ForwardImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HprConvReluPoolKernelGrad, KernelGradImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
