@@ -49,6 +49,22 @@ def loss_and_grads(model, fn, x):
   return nnx.value_and_grad(loss)(model)
 
 
+def build_lrcn(conv_features, pool_sizes, chunk_frames):
+  """A small LRCN for CLIP in train mode (dropout 0.5), its encoder in
+  chunks of `chunk_frames` frames."""
+  model = LRCN(
+    4,
+    input_shape=CLIP[1:],
+    conv_features=conv_features,
+    pool_sizes=pool_sizes,
+    lstm_features=8,
+    dropout=0.5,
+    rngs=nnx.Rngs(0),
+  )
+  model.encoder.chunk_frames = chunk_frames
+  return model
+
+
 def assert_close_tree(a, b, rtol=1e-5):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     x, y = np.asarray(x), np.asarray(y)
@@ -72,17 +88,7 @@ def test_chunked_frame_cnn_matches_plain_in_train_mode(chunk_frames):
   assert lrcn.CONV_OP_MIN_SIZE == 4
 
   def build():
-    model = LRCN(
-      4,
-      input_shape=CLIP[1:],
-      conv_features=(4, 8, 8, 8),
-      pool_sizes=(2, 2, 2, 2),
-      lstm_features=8,
-      dropout=0.5,
-      rngs=nnx.Rngs(0),
-    )
-    model.encoder.chunk_frames = chunk_frames
-    return model
+    return build_lrcn((4, 8, 8, 8), (2, 2, 2, 2), chunk_frames)
 
   x = clip()
   ours, plain = build(), build()

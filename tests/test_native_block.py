@@ -13,20 +13,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
-from test_conv_block import inputs, plain
+from test_conv_block import assert_matches_plain, inputs
 from test_cpu_layouts import (
-  CLIP,
   assert_close_tree,
   assert_same_rng_counts,
+  build_lrcn,
   clip,
   loss_and_grads,
   plain_frame_cnn,
 )
 
 from hpr import parallel
-from hpr.models import LRCN, native_block
+from hpr.models import native_block
 
 
 def test_the_library_is_built_and_loads():
@@ -55,30 +54,11 @@ def test_matches_the_plain_formulation(
   kernel = jax.random.normal(
     jax.random.key(2), (kernel_size, kernel_size, shape[-1], features)
   )
-  got = native_block.conv_relu_pool(x, kernel, bias, pool)
-  want = plain(x, kernel, bias, pool)
-  assert got.shape == want.shape
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-  cotangent = jax.random.normal(jax.random.key(1), want.shape)
-
-  def loss(f):
-    return lambda x, k, b: jnp.sum(f(x, k, b) * cotangent)
-
-  got_grads = jax.grad(
-    loss(lambda x, k, b: native_block.conv_relu_pool(x, k, b, pool)),
-    (0, 1, 2),
-  )(x, kernel, bias)
-  want_grads = jax.grad(loss(lambda x, k, b: plain(x, k, b, pool)), (0, 1, 2))(
-    x, kernel, bias
+  assert_matches_plain(
+    lambda x, k, b: native_block.conv_relu_pool(x, k, b, pool),
+    (x, kernel, bias),
+    pool,
   )
-  for name, g, w in zip(
-    ('x', 'kernel', 'bias'), got_grads, want_grads, strict=True
-  ):
-    assert float(jnp.abs(w).max()) > 0, name  # Something flows.
-    np.testing.assert_allclose(
-      g, w, rtol=1e-5, atol=1e-5 * float(jnp.abs(w).max()), err_msg=name
-    )
 
 
 def test_eight_devices_equal_one_and_the_batch_is_not_gathered():
@@ -128,17 +108,7 @@ def test_frame_cnn_takes_it_and_matches_the_plain_formulation(
   monkeypatch.setattr(native_block, 'conv_relu_pool', counted)
 
   def build():
-    model = LRCN(
-      4,
-      input_shape=CLIP[1:],
-      conv_features=(16, 8),
-      pool_sizes=(4, 2),
-      lstm_features=8,
-      dropout=0.5,
-      rngs=nnx.Rngs(0),
-    )
-    model.encoder.chunk_frames = chunk_frames
-    return model
+    return build_lrcn((16, 8), (4, 2), chunk_frames)
 
   x = clip()
   ours, plain_model = build(), build()
