@@ -198,6 +198,23 @@ def _bits(pool):
   return bits.reshape(1, 1, pool, 1, pool, 1)
 
 
+def spread_pooled_grad(mask: Array, g: Array, pool: int, size) -> Array:
+  """The pooled gradient g (N, H / pool, W / pool, F) at full resolution
+  (N, H, W, F) for `size` = (H, W): on the window maxima that `mask`'s bits
+  mark, split evenly between tied ones; zero elsewhere."""
+  n, out_h, out_w, features = mask.shape
+  height, width = size
+  ties = jax.lax.population_count(mask)
+  share = g / jnp.maximum(ties, 1).astype(g.dtype)
+  hit = (mask[:, :, None, :, None] & _bits(pool)) != 0
+  dy = jnp.where(hit, share[:, :, None, :, None], 0.0)
+  dy = dy.reshape(n, out_h * pool, out_w * pool, features)
+  return jnp.pad(
+    dy,
+    ((0, 0), (0, height - out_h * pool), (0, width - out_w * pool), (0, 0)),
+  )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _conv_relu_pool(xs, chunk, kernel, bias, pool, strip):
   return _forward(xs, chunk, kernel, bias, pool, strip)[0]
@@ -212,16 +229,7 @@ def _conv_relu_pool_bwd(pool, strip, residuals, g):
   x = _take(xs, chunk)
   n, height, width, _ = x.shape
   features = kernel.shape[-1]
-  out_h, out_w = mask.shape[1:3]
-  ties = jax.lax.population_count(mask)
-  share = g / jnp.maximum(ties, 1).astype(g.dtype)
-  hit = (mask[:, :, None, :, None] & _bits(pool)) != 0
-  dy = jnp.where(hit, share[:, :, None, :, None], 0.0)
-  dy = dy.reshape(n, out_h * pool, out_w * pool, features)
-  dy = jnp.pad(
-    dy,
-    ((0, 0), (0, height - out_h * pool), (0, width - out_w * pool), (0, 0)),
-  )
+  dy = spread_pooled_grad(mask, g, pool, (height, width))
   dy_strips = dy.reshape(n, height, width // strip, strip * features)
   # The patches built again, patch axis first: the weight gradient is then
   # a plain matmul, with no transposed copy of them.

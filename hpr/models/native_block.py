@@ -44,7 +44,7 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hpr.models import layers
+from hpr.models import conv_block, layers
 
 Array = jax.Array
 
@@ -229,24 +229,12 @@ def _conv_relu_pool_bwd(pool, residuals, g):
 def _input_grad(x, kernel, mask, g, pool):
   """The input's gradient: the pooled gradients, split between each
   window's maxima, through the transposed conv (patches' transpose)."""
-  n, height, width, _ = x.shape
-  features = kernel.shape[-1]
-  out_h, out_w = mask.shape[1:3]
-  ties = jax.lax.population_count(mask)
-  share = g / jnp.maximum(ties, 1).astype(g.dtype)
-  bits = np.left_shift(1, np.arange(pool * pool, dtype=np.int32))
-  hit = (mask[:, :, None, :, None] & bits.reshape(1, 1, pool, 1, pool, 1)) != 0
-  dy = jnp.where(hit, share[:, :, None, :, None], 0.0)
-  dy = dy.reshape(n, out_h * pool, out_w * pool, features)
-  dy = jnp.pad(
-    dy,
-    ((0, 0), (0, height - out_h * pool), (0, width - out_w * pool), (0, 0)),
-  )
+  dy = conv_block.spread_pooled_grad(mask, g, pool, x.shape[1:3])
   patches_t = jax.linear_transpose(
     lambda x: layers.patches(x, kernel.shape[:2], (1, 1), 'same'),
     jax.ShapeDtypeStruct(x.shape, x.dtype),
   )
-  (dx,) = patches_t(dy @ kernel.reshape(-1, features).T)
+  (dx,) = patches_t(dy @ kernel.reshape(-1, kernel.shape[-1]).T)
   return dx
 
 
