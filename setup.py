@@ -1,10 +1,12 @@
-"""Builds hpr's one compiled part, the LRCN first block's CPU kernels
-(hpr/native/conv_relu_pool.cc -> hpr/_conv_relu_pool*.so), against the XLA
-FFI headers that jaxlib ships; everything else is in pyproject.toml.
+"""Builds hpr's compiled parts, CPU kernels called through XLA's FFI,
+against the FFI headers that jaxlib ships: the LRCN's first block
+(hpr/native/conv_relu_pool.cc -> hpr/_conv_relu_pool*.so) and the ConvLSTM
+layer (hpr/native/conv_lstm.cc -> hpr/_conv_lstm*.so); everything else is in
+pyproject.toml.
 
-Optional: where it does not compile, pip warns and installs hpr without
-it, and the LRCN runs its first block as XLA ops
-(hpr/models/native_block.py, `available()`)."""
+Optional: where one does not compile, pip warns and installs hpr without
+it, and the model runs that part as XLA ops (`available()` in
+hpr/models/native_block.py and hpr/models/native_convlstm.py)."""
 
 import os
 
@@ -17,15 +19,16 @@ def _xla_ffi_include() -> str:
   return os.path.join(os.path.dirname(jaxlib.__file__), 'include')
 
 
-setup(
-  ext_modules=[
-    Extension(
-      'hpr._conv_relu_pool',
-      sources=['hpr/native/conv_relu_pool.cc'],
-      include_dirs=[_xla_ffi_include()],
-      language='c++',
-      optional=True,
-      extra_compile_args=['-std=c++17', '-O3', '-Wno-attributes', '-Wno-psabi'],
-    )
-  ]
-)
+def _kernels(name: str) -> Extension:
+  return Extension(
+    f'hpr._{name}',
+    sources=[f'hpr/native/{name}.cc'],
+    depends=['hpr/native/ffi_util.h'],
+    include_dirs=[_xla_ffi_include()],
+    language='c++',
+    optional=True,
+    extra_compile_args=['-std=c++17', '-O3', '-Wno-attributes', '-Wno-psabi'],
+  )
+
+
+setup(ext_modules=[_kernels('conv_relu_pool'), _kernels('conv_lstm')])

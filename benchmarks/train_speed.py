@@ -112,7 +112,7 @@ def worker(args) -> dict:
   from flax import nnx
 
   from hpr import cli, malloc_tuning, parallel
-  from hpr.models import native_block
+  from hpr.models import native_block, native_convlstm
   from hpr.train_state import (
     build_model,
     create_train_state,
@@ -207,8 +207,12 @@ def worker(args) -> dict:
   uts = create_train_state(config, num_classes, mesh, 100, model=unrolled)
   ustep = jit_train_step(uts, mesh, seed=0, label_smoothing=0.0)
   # XLA's cost analysis cannot see into custom calls: the LRCN's native
-  # first block is counted as the XLA ops it replaces (conv_block's).
-  with mock.patch.object(native_block, 'supports', lambda *a: False):
+  # first block and the ConvLSTM's native layers are counted as the XLA ops
+  # they replace.
+  with (
+    mock.patch.object(native_block, 'supports', lambda *a: False),
+    mock.patch.object(native_convlstm, 'supports', lambda *a: False),
+  ):
     cost = ustep.lower(uts.state, batch, 0).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost
   # The cost of one device's part of the sharded step.

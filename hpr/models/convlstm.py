@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hpr.models import conv_sum, layers, recurrent
+from hpr.models import conv_sum, layers, native_convlstm, recurrent
 
 Array = jax.Array
 
@@ -244,7 +244,25 @@ class ConvLSTM(nnx.Module):
     it: on a CPU the gates of the whole clip (4F channels per pixel and
     step) would make a round trip through memory, while one step's stay in
     cache. The backward pass recomputes each step (`run_lstm_time_major`).
+
+    On a CPU, where `native_convlstm.supports` the cell (the notebook's
+    first, second and fourth layers), the whole layer runs as
+    `native_convlstm`'s compiled kernels instead: the same numbers to float
+    rounding, the same recurrent-dropout mask.
     """
+    cell = self.cell
+    if native_convlstm.supports(cell, x.shape, x.dtype):
+      h = cell.initialize_carry(x.shape[1:])[1]
+      mask = cell.recurrent_dropout_mask(h)
+      hs = native_convlstm.conv_lstm(
+        x,
+        cell.kernel[...],
+        cell.recurrent_kernel[...],
+        cell.bias[...],
+        jnp.ones_like(h) if mask is None else mask,
+        cell.padding,
+      )
+      return hs if self.return_sequences else hs[-1]
     return recurrent.run_lstm_time_major(
       self.cell,
       x,

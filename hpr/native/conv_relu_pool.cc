@@ -6,25 +6,19 @@
 // setup.py builds this file into hpr/_conv_relu_pool*.so.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <memory>
-#include <mutex>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "ffi_util.h"
 
 namespace ffi = xla::ffi;
-
-// On x86-64 Linux the hot loops are compiled for AVX-512, AVX2 and the
-// baseline, and the loader picks the best the CPU has (GNU ifuncs).
-#if defined(__x86_64__) && defined(__linux__)
-#define HPR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define HPR_CLONES
-#endif
+using hpr::I16;
+using hpr::kLanes;
+using hpr::Load;
+using hpr::ParallelFor;
+using hpr::Store;
+using hpr::V16;
 
 namespace {
 
@@ -45,20 +39,6 @@ void Pad(const Shape& s, const float* x, float* xp) {
                 x + r * s.w * s.c, sizeof(float) * s.w * s.c);
   }
 }
-
-// 16 floats: GCC lowers its arithmetic to the widest vectors of each
-// target_clones target (one AVX-512 register, two AVX2 ones, ...).
-typedef float V16 __attribute__((vector_size(64)));
-typedef int32_t I16 __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
-
-inline V16 Load(const float* p) {
-  V16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline void Store(float* p, V16 v) { std::memcpy(p, &v, sizeof(v)); }
 
 // The P x P window (i, j) of 16 channels starting at f0: acc[t] for window
 // pixel t = a P + b is the conv's output there, summed over (dy, dx, c) in
@@ -155,36 +135,6 @@ void KernelGrad(const Shape& s, int64_t begin, int64_t end, const float* x,
 // Images go to the threads in blocks of this many, a split that does not
 // depend on the number of threads, so neither do the kernel gradient's sums.
 constexpr int64_t kBlock = 4;
-
-// Runs fn(block) for block = 0 .. blocks - 1 on the calling thread and on
-// XLA's intra-op thread pool, and returns when all are done. The caller
-// takes blocks too, so the work finishes even if no pool thread comes.
-template <typename Fn>
-void ParallelFor(ffi::ThreadPool& pool, int64_t blocks, Fn fn) {
-  struct State {
-    std::atomic<int64_t> next{0};
-    int64_t done = 0;
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, blocks, fn]() {
-    int64_t finished = 0;
-    for (int64_t b; (b = state->next.fetch_add(1)) < blocks; ++finished) fn(b);
-    std::lock_guard<std::mutex> lock(state->mu);
-    state->done += finished;
-    state->cv.notify_all();
-  };
-  const int64_t helpers =
-      std::min<int64_t>(pool.num_threads(), blocks) - 1;
-  for (int64_t i = 0; i < helpers; ++i) {
-    auto task = work;
-    pool.Schedule(std::move(task));
-  }
-  work();
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->done == blocks; });
-}
 
 int64_t Blocks(const Shape& s) { return (s.n + kBlock - 1) / kBlock; }
 
