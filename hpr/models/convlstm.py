@@ -21,7 +21,9 @@ Array = jax.Array
 # batch 4 with its first layer so than with one pixel a row, and 1.14-1.16x
 # faster again at batch 32 (as fast at batch 4) with its second layer too;
 # the third and fourth (22 and 30 channels) gain nothing more
-# (benchmarks/README.md).
+# (benchmarks/README.md). On a CPU with hpr's compiled kernels those layers
+# run as `native_convlstm` instead (`ConvLSTM.time_major`); this path is the
+# fallback there and the layers' path elsewhere.
 CONV_SUM_MAX_CHANNELS = 12
 CONV_SUM_PIXELS_PER_ROW = 2
 
