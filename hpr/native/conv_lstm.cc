@@ -49,7 +49,7 @@ struct Dims {
   int64_t state() const { return oh * ow * f; }
 };
 
-// tanh as Eigen's (and XLA:CPU's) rational approximation, for a float or
+// tanh as Eigen's rational approximation, for a float or
 // 16 of them: clamped to +-7.9, x for |x| < 4e-4.
 template <typename T>
 HPR_INLINE T Tanh(T x) {
