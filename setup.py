@@ -1,5 +1,5 @@
 """Builds hpr's compiled parts, CPU kernels called through XLA's FFI,
-against the FFI headers that jaxlib ships: the LRCN's first block
+against the FFI headers that jaxlib ships: the LRCN's conv blocks
 (hpr/native/conv_relu_pool.cc -> hpr/_conv_relu_pool*.so) and the ConvLSTM
 layer (hpr/native/conv_lstm.cc -> hpr/_conv_lstm*.so); everything else is in
 pyproject.toml.

@@ -1,7 +1,8 @@
-"""native_block.conv_relu_pool, the compiled CPU kernels of the LRCN's first
-block: built here, the numbers of conv2d -> ReLU -> max_pool under autodiff,
-the same on 8 devices as on one, taken by FrameCNN, and cached by the
-persistent compilation cache."""
+"""native_block.conv_relu_pool, the compiled CPU kernels of the LRCN's conv
+blocks: built here, the numbers of conv2d -> ReLU -> max_pool under autodiff
+(with the native input gradient for a multiple of 16 input channels), the
+same on 8 devices as on one, taken by FrameCNN, and cached by the persistent
+compilation cache."""
 
 import os
 import platform
@@ -45,6 +46,16 @@ def test_the_library_is_built_and_loads():
     ((2, 10, 12, 1), 3, 16, 5, True),  # 25 window pixels: 25 mask bits.
     ((2, 12, 12, 3), 5, 16, 2, False),
     ((2, 12, 12, 3), 2, 16, 2, False),  # Even kernel: padding after only.
+    # A multiple of 16 input channels: the native backward pass, input
+    # gradient included.
+    ((3, 16, 16, 16), 3, 32, 4, False),
+    ((3, 16, 16, 16), 3, 32, 4, True),
+    ((2, 13, 10, 32), 3, 16, 3, True),
+    ((3, 4, 4, 32), 3, 64, 2, False),
+    ((3, 2, 2, 64), 3, 64, 2, False),  # One window: the LRCN's last block.
+    ((2, 10, 12, 16), 3, 16, 5, True),
+    ((2, 12, 12, 16), 5, 16, 2, False),
+    ((2, 12, 12, 16), 2, 16, 2, True),
   ],
 )
 def test_matches_the_plain_formulation(
@@ -53,7 +64,7 @@ def test_matches_the_plain_formulation(
   x, kernel, bias = inputs(shape, features, ties)
   kernel = jax.random.normal(
     jax.random.key(2), (kernel_size, kernel_size, shape[-1], features)
-  )
+  ) / np.sqrt(kernel_size * kernel_size * shape[-1] / 3)
   assert_matches_plain(
     lambda x, k, b: native_block.conv_relu_pool(x, k, b, pool),
     (x, kernel, bias),
@@ -86,6 +97,37 @@ def test_eight_devices_equal_one_and_the_batch_is_not_gathered():
     np.testing.assert_allclose(g8, g1, rtol=1e-5, atol=1e-6)
 
 
+def test_the_native_backward_pass_on_eight_devices_equals_one():
+  x, kernel, bias = inputs((16, 8, 8, 16), 32, True)
+  cotangent = jax.random.normal(jax.random.key(1), (16, 4, 4, 32))
+
+  def f(x, kernel, bias):
+    def loss(x, k, b):
+      return jnp.sum(native_block.conv_relu_pool(x, k, b, 2) * cotangent)
+
+    return jax.value_and_grad(loss, (0, 1, 2))(x, kernel, bias)
+
+  mesh = parallel.make_mesh()
+  sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec('data')))
+  step = jax.jit(f)
+  hlo = step.lower(sharded, kernel, bias).compile().as_text()
+  assert 'all-gather' not in hlo
+  assert 'hpr_conv_relu_pool_backward' in hlo
+  (loss8, grads8), (loss1, grads1) = (
+    step(sharded, kernel, bias),
+    f(x, kernel, bias),
+  )
+  # The input's gradient stays sharded like the input.
+  assert grads8[0].sharding.is_equivalent_to(sharded.sharding, 4)
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-6)
+  # The kernel's gradient is summed in another order (per device, then
+  # over the devices).
+  for g8, g1 in zip(grads8, grads1, strict=True):
+    scale = float(jnp.abs(g1).max())
+    assert scale > 0
+    np.testing.assert_allclose(g8, g1, rtol=1e-5, atol=1e-6 * scale)
+
+
 def test_unsupported_shapes_are_refused_with_the_reason():
   x, kernel, bias = inputs((2, 8, 8, 3), 8, False)
   with pytest.raises(ValueError, match=r'kernel \(3, 3, 3, 8\)'):
@@ -94,9 +136,18 @@ def test_unsupported_shapes_are_refused_with_the_reason():
   assert not native_block.supports(x.shape, (3, 3, 3, 16), 2, jnp.bfloat16)
 
 
-@pytest.mark.parametrize('chunk_frames', [0, 4])
+@pytest.mark.parametrize(
+  'conv_features, chunk_frames, native_inputs',
+  [
+    # A second block of 8 channels runs in the chunk loop.
+    ((16, 8), 0, [(12, 16, 16, 3)]),
+    ((16, 8), 4, [(12, 16, 16, 3)]),
+    # 16 channels in, 32 out: both blocks native, no loop.
+    ((16, 32), 4, [(12, 16, 16, 3), (12, 4, 4, 16)]),
+  ],
+)
 def test_frame_cnn_takes_it_and_matches_the_plain_formulation(
-  monkeypatch, chunk_frames
+  monkeypatch, conv_features, chunk_frames, native_inputs
 ):
   calls = []
   native = native_block.conv_relu_pool
@@ -108,13 +159,13 @@ def test_frame_cnn_takes_it_and_matches_the_plain_formulation(
   monkeypatch.setattr(native_block, 'conv_relu_pool', counted)
 
   def build():
-    return build_lrcn((16, 8), (4, 2), chunk_frames)
+    return build_lrcn(conv_features, (4, 2), chunk_frames)
 
   x = clip()
   ours, plain_model = build(), build()
   loss, grads = loss_and_grads(ours, lambda m, x: m.encoder(x), x)
   # The whole batch of frames at once, before the chunk loop.
-  assert calls == [(12, 16, 16, 3)]
+  assert calls == native_inputs
   ref_loss, ref_grads = loss_and_grads(
     plain_model, lambda m, x: plain_frame_cnn(m.encoder, x), x
   )

@@ -2,7 +2,7 @@
 pool (window = stride, 'valid'), as one op with a hand-written backward pass.
 
 This is the XLA version, for every backend; on the CPU FrameCNN runs the
-seed's first block as `hpr.models.native_block`'s compiled kernels, which
+seed's blocks as `hpr.models.native_block`'s compiled kernels, which
 compute the same numbers (the same mask, the same split of tied maxima).
 
 The numbers are those of `layers.conv2d` -> ReLU -> `layers.max_pool` under

@@ -6,8 +6,9 @@ The ConvLSTM's first two layers (3 + 4 and 4 + 8 input and hidden channels
 in the notebook's network, `hpr.models.convlstm.CONV_SUM_MAX_CHANNELS`) use
 it for their input and recurrent convolutions, packed two pixels a row, and
 the LRCN's FrameCNN for its blocks
-after the first on inputs of 4x4 pixels or more (16 and 32 input channels
-in the notebook's network, `hpr.models.lrcn.CONV_OP_MIN_SIZE`). With so
+after the first on inputs of 4x4 pixels or more where the compiled kernels
+of `hpr.models.native_block` do not take them (on a GPU, or without the
+kernels; `hpr.models.lrcn.CONV_OP_MIN_SIZE`). With so
 few channels XLA's convolution needs no im2col patches (9x the input, built and read back): for one step
 of 16 clips, outside a loop, it is as fast as patches + matmul forward (2.7
 vs 2.5 ms) and twice as fast forward + backward (8.2 vs 17.5 ms), but only

@@ -11,7 +11,8 @@ from hpr.models import conv_block, conv_sum, layers, native_block, recurrent
 
 Array = jax.Array
 
-# A later block whose input is at least this many pixels high and wide
+# A later block in the chunk loop (one that native_block's kernels do not
+# take) whose input is at least this many pixels high and wide
 # runs its conv as an XLA convolution with `conv_sum`'s backward pass, not
 # as im2col patches @ kernel: on the seed LRCN (blocks on 16x16 and 4x4
 # inputs) the training step at batch 32 is 1.06-1.13x faster, at batch 4
@@ -24,28 +25,34 @@ class FrameCNN(nnx.Module):
   """Per-frame encoder: [conv 'same' + relu -> max pool -> dropout] blocks.
 
   Dropout follows every block but the last, as in the notebook; pools are
-  Keras' default 'valid'.
+  Keras' default 'valid'. Dropout masks are drawn for the whole batch at
+  once, exactly as `nnx.Dropout` draws them.
 
-  The frames go through the blocks `chunk_frames` at a time (a `lax.scan`
-  over the chunks whose body is rematerialised in the backward pass), so
-  each chunk's patches and activations stay in the CPU caches instead of
-  making several trips through memory for the whole batch: the same
-  numbers, a 1.3-1.5x faster training step and a 2.6x faster forward pass
-  on the 2-core CPU of benchmarks/README.md. Dropout masks are drawn for the
-  whole batch at once, exactly as `nnx.Dropout` draws them. A first block
-  on at most 4 channels (the RGB frames) runs as one op with its own
-  backward pass, outside the rematerialised part: it keeps little for its
-  backward pass (the frames and a bit mask of the pool's maxima), so
-  recomputing it would cost more than it saves. On the CPU, where the
-  compiled kernels of `hpr.models.native_block` support it (16k output
-  channels, pools of 2-5), that op runs on the whole batch before the
-  chunk loop: the seed LRCN's training step is 1.5x faster at batch 32
-  and 1.7x at batch 4 than with the XLA version it replaces; elsewhere (or
-  for other shapes) it is `hpr.models.conv_block`'s, two output pixels
-  per matmul row, in the loop, which made the step 1.4x faster than plain
-  autodiff. Later blocks on inputs of at least
-  CONV_OP_MIN_SIZE pixels a side run their conv as an XLA convolution with
-  `hpr.models.conv_sum`'s backward pass, the others as patches @ kernel.
+  On the CPU, the leading blocks that the compiled kernels of
+  `hpr.models.native_block` support (a multiple of 16 output channels,
+  pools of 2-5, and either a multiple of 16 input channels or, for the
+  first block, the RGB frames) run one op each on the whole batch: conv,
+  ReLU and pool in registers, a bit mask of each window's maxima kept for
+  the backward pass, which touches only those maxima. That is every block
+  of the seed LRCN, whose training step became 1.4x faster at batch 32
+  and 1.3x at batch 4 than with only its first block native
+  (benchmarks/README.md, "Sitting P"; the first block alone had made it
+  1.5x and 1.7x faster than the XLA version).
+
+  The other blocks (all of them elsewhere) go through the frames
+  `chunk_frames` at a time (a `lax.scan` over the chunks whose body is
+  rematerialised in the backward pass), so each chunk's patches and
+  activations stay in the CPU caches instead of making several trips
+  through memory for the whole batch: the same numbers, a 1.3-1.5x faster
+  training step and a 2.6x faster forward pass on the 2-core CPU. A first
+  block on at most 4 channels runs there as `hpr.models.conv_block`'s one
+  op with its own backward pass, two output pixels per matmul row (1.4x
+  faster than plain autodiff), outside the rematerialised part: it keeps
+  little for its backward pass (the frames and a bit mask of the pool's
+  maxima), so recomputing it would cost more than it saves. Later blocks
+  on inputs of at least CONV_OP_MIN_SIZE pixels a side run their conv as an
+  XLA convolution with `hpr.models.conv_sum`'s backward pass, the others
+  as patches @ kernel.
   """
 
   def __init__(
@@ -107,16 +114,29 @@ class FrameCNN(nnx.Module):
     frames = x.reshape((-1,) + x.shape[-3:])  # (N, H, W, C)
     masks = self._dropout_masks(frames)
     params = [(conv.kernel[...], conv.bias[...]) for conv in self.convs]
+    # On the CPU the leading blocks that hpr.models.native_block's compiled
+    # kernels take run on the whole batch, one op each.
+    start = 0
+    while start < len(params) and _native(
+      frames, params[start][0], self.pool_sizes[start], start == 0
+    ):
+      frames = native_block.conv_relu_pool(
+        frames, *params[start], self.pool_sizes[start]
+      )
+      if start < len(masks):
+        frames = layers.apply_dropout_mask(
+          frames, masks[start], self.dropouts[start].rate
+        )
+      start += 1
+    if start < len(params):
+      frames = self._chunked(frames, masks, params, start)
+    return frames.reshape(batch + (-1,))
+
+  def _chunked(self, frames, masks, params, start: int) -> Array:
+    """Blocks start.. on (N, H, W, C) frames, chunk_frames at a time, ->
+    (N, out_features)."""
     num = frames.shape[0]
     chunks = _num_chunks(num, self.chunk_frames)
-    # On the CPU a first block on at most 4 channels runs as compiled
-    # kernels on the whole batch, before the chunk loop
-    # (hpr.models.native_block); elsewhere as conv_block's op in the loop.
-    native = _native(frames, params[0][0], self.pool_sizes[0])
-    if native:
-      frames = native_block.conv_relu_pool(
-        frames, *params[0], self.pool_sizes[0]
-      )
 
     # Chunk j holds frames j, j + chunks, j + 2 chunks, ...: a batch sharded
     # along its first axis stays sharded along the chunk's. Each chunk is
@@ -137,19 +157,15 @@ class FrameCNN(nnx.Module):
     frames, masks = split(frames), [split(m) for m in masks]
     # A fused first block stays out of the rematerialised part of the loop
     # body (see the class docstring).
-    first = 1 if native or _fused(frames.shape, self.pool_sizes[0]) else 0
+    fused = start == 0 and _fused(frames.shape, self.pool_sizes[0])
 
     def block(i, x, j):
       (kernel, bias), conv, pool = params[i], self.convs[i], self.pool_sizes[i]
-      if i < first and native:
-        x = take(x, j)  # The block's output, computed above.
-      elif i < first:
+      if i == 0 and fused:
         # The RGB frames: conv, ReLU and pool as one op, two output pixels
         # per matmul row (hpr.models.conv_block); it slices chunk j itself.
         x = conv_block.conv_relu_pool(x, kernel, bias, pool, 2, chunk=j)
       else:
-        if i == 0:
-          x = take(x, j)
         y = _conv(x, kernel, conv.strides, conv.padding) + bias
         x = layers.max_pool(jax.nn.relu(y), (pool, pool), 'valid')
       if i < len(masks):
@@ -159,22 +175,18 @@ class FrameCNN(nnx.Module):
       return x
 
     def rest(x, j):
-      for i in range(first, len(params)):
+      for i in range(start + fused, len(params)):
         x = block(i, x, j)
       return x.reshape(x.shape[0], -1)
 
     def encode(j):
-      x = block(0, frames, j) if first else frames
+      x = block(0, frames, j) if fused else take(frames, j)
       return (jax.checkpoint(rest) if chunks > 1 else rest)(x, j)
 
     if chunks == 1:
-      out = encode(0)
-    else:
-      _, out = jax.lax.scan(
-        lambda c, j: (c, encode(j)), None, jnp.arange(chunks)
-      )
-      out = jnp.moveaxis(out, 0, 1).reshape(num, -1)
-    return out.reshape(batch + (-1,))
+      return encode(0)
+    _, out = jax.lax.scan(lambda c, j: (c, encode(j)), None, jnp.arange(chunks))
+    return jnp.moveaxis(out, 0, 1).reshape(num, -1)
 
   def _dropout_masks(self, frames: Array) -> list[Array | None]:
     """Each dropout's keep mask for the whole (N, H, W, C) batch, drawn as
@@ -207,12 +219,15 @@ def _conv(x: Array, kernel: Array, strides, padding: str) -> Array:
   return conv_sum.conv_sum((x,), (kernel,), (pads,))
 
 
-def _native(frames: Array, kernel: Array, pool: int) -> bool:
-  """Whether the first block on (N, H, W, C) frames runs as
-  native_block's compiled kernels."""
-  return frames.shape[-1] <= 4 and native_block.supports(
-    frames.shape, kernel.shape, pool, frames.dtype
-  )
+def _native(frames: Array, kernel: Array, pool: int, first: bool) -> bool:
+  """Whether a block on (N, H, W, C) frames runs as native_block's compiled
+  kernels: where they support it, for a multiple of LANES channels (their
+  backward pass computes the input's gradient) or, for the first block, at
+  most 4 (its input's gradient, an XLA op there, is not needed)."""
+  channels = frames.shape[-1]
+  return (
+    channels % native_block.LANES == 0 or (first and channels <= 4)
+  ) and native_block.supports(frames.shape, kernel.shape, pool, frames.dtype)
 
 
 def _fused(shape, pool: int) -> bool:

@@ -1,4 +1,4 @@
-"""The LRCN's first block, conv ('same', stride 1) + bias + ReLU + max pool
+"""The LRCN's conv blocks, conv ('same', stride 1) + bias + ReLU + max pool
 (window = stride, 'valid'), as compiled CPU kernels called through XLA's FFI.
 
 The same numbers as `conv_block.conv_relu_pool` (outputs, the bit mask of
@@ -8,30 +8,33 @@ each window's maxima, gradients split evenly between tied maxima), from
 computed at once for 16 output channels (one AVX-512 register; the kernel is
 compiled for AVX-512, AVX2 and plain x86-64, picked when it loads) and
 pooled in registers, so the full-resolution activations never reach
-memory; the kernel's gradient reads the window's pixels back from the
-input with the pooled gradient on its maxima. On the 2-core CPU of
-benchmarks/README.md that is 7-8x faster than the patches + matmul of
-`conv_block` for the seed LRCN's first block (320 frames: forward 14 against
-107 ms, kernel gradient 14 against 112 ms).
+memory. On the 2-core CPU of benchmarks/README.md that is 7-8x faster than
+the patches + matmul of `conv_block` for the seed LRCN's first block (320
+frames: forward 14 against 107 ms, kernel gradient 14 against 112 ms).
 
-Each call splits its images, in blocks of 4, between the calling thread
+The backward pass has two forms. For a multiple of 16 input channels (the
+seed LRCN's blocks 2-4) one kernel computes the input's gradient and the
+kernel's: only a window's maxima carry gradient, so it visits those pixels
+alone, 16 input channels at a time, a few percent of a dense transposed
+conv's work. For the RGB frames of a first block the kernel's gradient is
+native (it reads the window's pixels back from the input with the pooled
+gradient on its maxima) and the input's, which XLA drops when nothing asks
+for it, is an XLA op, as is the bias' gradient everywhere.
+
+Each call splits its images, in fixed blocks, between the calling thread
 and XLA's intra-op thread pool (neutral on the 2-core CPU, where each of
 the two devices already runs its half of the batch on one core; it matters
-with fewer devices than cores).
-
-Only the forward pass and the kernel's gradient are native; the input's
-gradient (which XLA drops when, as for video frames, nothing asks for it)
-and the bias' are XLA ops. Each op is partitioned along the batch with
+with fewer devices than cores). Each op is partitioned along the batch with
 `custom_partitioning`, so under `jax.jit` on a batch sharded over a
 ('data',) mesh every device runs its own part, and the kernel's gradient is
 summed over the devices with one all-reduce. Summation orders are fixed
-(per image in float32, over images in float64, whatever the number of
-threads), so results are deterministic; they differ from `conv_block`'s in
-the last bits.
+(in float32 within a block of images, over blocks in float64, whatever the
+number of threads), so results are deterministic; they differ from
+`conv_block`'s in the last bits.
 
 `available()` says whether the library loaded (it is built on Linux and
-macOS; FrameCNN falls back to `conv_block` where it is missing, or where
-the default backend is not the CPU).
+macOS; FrameCNN falls back to `conv_block` and XLA ops where it is missing,
+or where the default backend is not the CPU).
 """
 
 import ctypes
@@ -53,6 +56,7 @@ LANES = 16
 POOLS = (2, 3, 4, 5)
 _FORWARD = 'hpr_conv_relu_pool_forward'
 _KERNEL_GRAD = 'hpr_conv_relu_pool_kernel_grad'
+_BACKWARD = 'hpr_conv_relu_pool_backward'
 
 
 @functools.cache
@@ -68,6 +72,7 @@ def available() -> bool:
   for name, symbol in (
     (_FORWARD, lib.HprConvReluPoolForward),
     (_KERNEL_GRAD, lib.HprConvReluPoolKernelGrad),
+    (_BACKWARD, lib.HprConvReluPoolBackward),
   ):
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform='cpu')
   return True
@@ -144,6 +149,18 @@ def _kernel_grad_call(x, kernel, mask, g, pool, pads, axis):
   return dkernel if axis is None else jax.lax.psum(dkernel, axis)
 
 
+def _backward_call(x, kernel, mask, g, pool, pads, axis):
+  dx, dkernel = jax.ffi.ffi_call(
+    _BACKWARD,
+    (
+      jax.ShapeDtypeStruct(x.shape, jnp.float32),
+      jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
+    ),
+    vmap_method='sequential',
+  )(x, kernel, mask, g, **_attrs(pool, pads))
+  return dx, dkernel if axis is None else jax.lax.psum(dkernel, axis)
+
+
 def _batch_axis(arg_shapes):
   """The mesh axis (or axes) the first operand's batch is sharded over."""
   spec = arg_shapes[0].sharding.spec
@@ -208,6 +225,38 @@ _kernel_grad.def_partition(
 )
 
 
+@functools.partial(custom_partitioning, static_argnums=(4, 5))
+def _backward(x, kernel, mask, g, pool, pads):
+  """(the input's gradient, the kernel's), from the forward's mask and the
+  pooled output's gradient g; x has a multiple of LANES channels."""
+  return _backward_call(x, kernel, mask, g, pool, pads, None)
+
+
+def _backward_infer(pool, pads, mesh, arg_shapes, result_shape):
+  batch = NamedSharding(mesh, PartitionSpec(_batch_axis(arg_shapes)))
+  return batch, NamedSharding(mesh, PartitionSpec())
+
+
+def _backward_partition(pool, pads, mesh, arg_shapes, result_shape):
+  axis = _batch_axis(arg_shapes)
+  batch = NamedSharding(mesh, PartitionSpec(axis))
+  whole = NamedSharding(mesh, PartitionSpec())
+
+  def lower(x, kernel, mask, g):
+    return _backward_call(x, kernel, mask, g, pool, pads, axis)
+
+  return mesh, lower, (batch, whole), (batch, whole, batch, batch)
+
+
+_backward.def_partition(
+  _backward_partition,
+  infer_sharding_from_operands=_backward_infer,
+  # The kernel's gradient is summed over the batch inside `lower` (a
+  # factor of a result cannot also be a reduction factor).
+  sharding_rule='n h w c, y x c f, n i j f, n i j f -> n h w c, y x c f',
+)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _conv_relu_pool(x, kernel, bias, pool):
   return _forward(x, kernel, bias, pool, _pads(kernel.shape))[0]
@@ -219,10 +268,14 @@ def _conv_relu_pool_fwd(x, kernel, bias, pool):
 
 
 def _conv_relu_pool_bwd(pool, residuals, g):
+  # The native input gradient needs a multiple of LANES input channels.
   x, kernel, mask = residuals
-  dkernel = _kernel_grad(x, kernel, mask, g, pool, _pads(kernel.shape))
   # Each window's shares add up to its pooled gradient.
   dbias = jnp.sum(jnp.where(mask != 0, g, 0.0), axis=(0, 1, 2))
+  if x.shape[-1] % LANES == 0:
+    dx, dkernel = _backward(x, kernel, mask, g, pool, _pads(kernel.shape))
+    return dx, dkernel, dbias
+  dkernel = _kernel_grad(x, kernel, mask, g, pool, _pads(kernel.shape))
   return _input_grad(x, kernel, mask, g, pool), dkernel, dbias
 
 

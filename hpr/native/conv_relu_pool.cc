@@ -1,9 +1,11 @@
-// The LRCN's first block on CPU, conv ('same', stride 1) + bias + ReLU +
-// max pool (window = stride, 'valid'), as two XLA FFI handlers: the forward
-// pass (pooled output and the bit mask of each window's maxima, as
-// hpr/models/conv_block.py defines them) and the kernel's gradient from the
-// mask and the pooled gradient. hpr/models/native_block.py calls them;
-// setup.py builds this file into hpr/_conv_relu_pool*.so.
+// The LRCN's conv blocks on CPU, conv ('same', stride 1) + bias + ReLU +
+// max pool (window = stride, 'valid'), as three XLA FFI handlers: the
+// forward pass (pooled output and the bit mask of each window's maxima, as
+// hpr/models/conv_block.py defines them), the kernel's gradient from the
+// mask and the pooled gradient (for any number of input channels), and the
+// whole backward pass, input's and kernel's gradients, for a multiple of 16
+// input channels. hpr/models/native_block.py calls them; setup.py builds
+// this file into hpr/_conv_relu_pool*.so.
 
 #include <algorithm>
 #include <cstdint>
@@ -132,11 +134,77 @@ void KernelGrad(const Shape& s, int64_t begin, int64_t end, const float* x,
   }
 }
 
+// The gradients of a block whose input has a multiple of 16 channels, from
+// the mask and the pooled gradient g: the input's (dx, like x) and the
+// kernel's, summed over images begin..end in float32 and added to total,
+// laid out (kh, kw, F, C).
+// Only a window's maxima carry gradient, so each (window, output channel)
+// adds its share times the kernel (to dx) and times the input patch (to the
+// kernel's gradient) at the few pixels its mask names, 16 input channels at
+// a time; wt is the kernel as (kh, kw, F, C).
+template <int P>
+HPR_CLONES
+void Backward(const Shape& s, int64_t begin, int64_t end, const float* x,
+              const float* wt, const int32_t* mask, const float* g, float* dx,
+              double* total) {
+  const int64_t k_n = s.k(), pw = s.pw(), c = s.c, f_n = s.f;
+  std::vector<float> xp(s.ph() * pw * c), dxp(s.ph() * pw * c),
+      part(k_n * f_n);
+  for (int64_t n = begin; n < end; ++n) {
+    Pad(s, x + n * s.h * s.w * c, xp.data());
+    std::fill(dxp.begin(), dxp.end(), 0.0f);
+    for (int64_t i = 0; i < s.oh(); ++i) {
+      for (int64_t j = 0; j < s.ow(); ++j) {
+        const int64_t o = ((n * s.oh() + i) * s.ow() + j) * f_n;
+        for (int64_t f = 0; f < f_n; ++f) {
+          const uint32_t bits = static_cast<uint32_t>(mask[o + f]);
+          if (bits == 0) continue;
+          // The window's pooled gradient, split evenly between its maxima.
+          const float share =
+              g[o + f] / static_cast<float>(__builtin_popcount(bits));
+          for (int t = 0; t < P * P; ++t) {
+            if (((bits >> t) & 1) == 0) continue;
+            // The conv output at (y, x0) reads padded pixels (y + d, x0 + e).
+            const int64_t y = i * P + t / P, x0 = j * P + t % P;
+            for (int64_t d = 0; d < s.kh; ++d) {
+              for (int64_t e = 0; e < s.kw; ++e) {
+                const int64_t px = ((y + d) * pw + x0 + e) * c;
+                const int64_t kx = ((d * s.kw + e) * f_n + f) * c;
+                for (int64_t c0 = 0; c0 < c; c0 += kLanes) {
+                  Store(part.data() + kx + c0,
+                        Load(part.data() + kx + c0) +
+                            share * Load(xp.data() + px + c0));
+                  Store(dxp.data() + px + c0,
+                        Load(dxp.data() + px + c0) +
+                            share * Load(wt + kx + c0));
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    float* out = dx + n * s.h * s.w * c;
+    for (int64_t r = 0; r < s.h; ++r) {
+      std::memcpy(out + r * s.w * c,
+                  dxp.data() + ((r + s.pad_top) * pw + s.pad_left) * c,
+                  sizeof(float) * s.w * c);
+    }
+  }
+  for (int64_t e = 0; e < k_n * f_n; ++e) total[e] += part[e];
+}
+
 // Images go to the threads in blocks of this many, a split that does not
 // depend on the number of threads, so neither do the kernel gradient's sums.
 constexpr int64_t kBlock = 4;
 
-int64_t Blocks(const Shape& s) { return (s.n + kBlock - 1) / kBlock; }
+// The backward pass's blocks are larger: its work per image is small
+// beside adding up a kernel-sized sum.
+constexpr int64_t kBackwardBlock = 16;
+
+int64_t Blocks(const Shape& s, int64_t block = kBlock) {
+  return (s.n + block - 1) / block;
+}
 
 ffi::Error CheckShape(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& kernel,
                       int64_t pool, int64_t pad_top, int64_t pad_left,
@@ -204,6 +272,48 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                        ffi::Buffer<ffi::F32> kernel,
+                        ffi::Buffer<ffi::S32> mask, ffi::Buffer<ffi::F32> g,
+                        ffi::ResultBuffer<ffi::F32> dx,
+                        ffi::ResultBuffer<ffi::F32> dkernel,
+                        int64_t pool_size, int64_t pad_top, int64_t pad_left) {
+  Shape s;
+  if (auto e = CheckShape(x, kernel, pool_size, pad_top, pad_left, &s);
+      e.failure())
+    return e;
+  if (s.c % kLanes)
+    return ffi::Error::InvalidArgument(
+        "conv_relu_pool backward: input channels not a multiple of 16");
+  auto run = s.pool == 2 ? Backward<2> : s.pool == 3 ? Backward<3>
+             : s.pool == 4 ? Backward<4> : Backward<5>;
+  const int64_t taps = s.kh * s.kw, size = s.k() * s.f,
+                blocks = Blocks(s, kBackwardBlock);
+  // The kernel as (kh, kw, F, C), each output channel's taps contiguous.
+  const float* w = kernel.typed_data();
+  std::vector<float> wt(size);
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t c = 0; c < s.c; ++c)
+      for (int64_t f = 0; f < s.f; ++f)
+        wt[(t * s.f + f) * s.c + c] = w[(t * s.c + c) * s.f + f];
+  // One kernel-gradient sum per block, in float64, added up in block order.
+  std::vector<double> sums(blocks * size, 0.0);
+  ParallelFor(pool, blocks, [&, run](int64_t b) {
+    run(s, b * kBackwardBlock, std::min(s.n, (b + 1) * kBackwardBlock),
+        x.typed_data(), wt.data(), mask.typed_data(), g.typed_data(), dx->typed_data(),
+        sums.data() + b * size);
+  });
+  for (int64_t b = 1; b < blocks; ++b)
+    for (int64_t e = 0; e < size; ++e) sums[e] += sums[b * size + e];
+  float* out = dkernel->typed_data();
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t c = 0; c < s.c; ++c)
+      for (int64_t f = 0; f < s.f; ++f)
+        out[(t * s.c + c) * s.f + f] =
+            static_cast<float>(sums[(t * s.f + f) * s.c + c]);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HprConvReluPoolForward, ForwardImpl,
@@ -225,6 +335,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HprConvReluPoolKernelGrad, KernelGradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("pool")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HprConvReluPoolBackward, BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("pool")
                                   .Attr<int64_t>("pad_top")
