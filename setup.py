@@ -27,7 +27,17 @@ def _kernels(name: str) -> Extension:
     include_dirs=[_xla_ffi_include()],
     language='c++',
     optional=True,
-    extra_compile_args=['-std=c++17', '-O3', '-Wno-attributes', '-Wno-psabi'],
+    # Python's own flags include -fwrapv, which keeps GCC from assuming
+    # that the kernels' signed index arithmetic does not overflow; without
+    # it the seed ConvLSTM's training step took 0.93x and 0.97x the time in
+    # two A/B runs (benchmarks/README.md, "Sitting P").
+    extra_compile_args=[
+      '-std=c++17',
+      '-O3',
+      '-fno-wrapv',
+      '-Wno-attributes',
+      '-Wno-psabi',
+    ],
   )
 
 
