@@ -72,53 +72,41 @@ def test_matches_the_plain_formulation(
   )
 
 
-def test_eight_devices_equal_one_and_the_batch_is_not_gathered():
-  x, kernel, bias = inputs((8, 16, 16, 3), 16, True)
-  cotangent = jax.random.normal(jax.random.key(1), (8, 4, 4, 16))
-
-  def f(x, kernel, bias):
-    def loss(k, b):
-      return jnp.sum(native_block.conv_relu_pool(x, k, b, 4) * cotangent)
-
-    return jax.value_and_grad(loss, (0, 1))(kernel, bias)
-
-  mesh = parallel.make_mesh()
-  sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec('data')))
-  step = jax.jit(f)
-  hlo = step.lower(sharded, kernel, bias).compile().as_text()
-  assert 'all-gather' not in hlo
-  assert 'hpr_conv_relu_pool_forward' in hlo
-  (loss8, grads8), (loss1, grads1) = (
-    step(sharded, kernel, bias),
-    f(x, kernel, bias),
-  )
-  np.testing.assert_allclose(loss8, loss1, rtol=1e-6)
-  for g8, g1 in zip(grads8, grads1, strict=True):
-    np.testing.assert_allclose(g8, g1, rtol=1e-5, atol=1e-6)
-
-
-def test_the_native_backward_pass_on_eight_devices_equals_one():
-  x, kernel, bias = inputs((16, 8, 8, 16), 32, True)
-  cotangent = jax.random.normal(jax.random.key(1), (16, 4, 4, 32))
+@pytest.mark.parametrize(
+  'shape, features, pool, argnums, target',
+  [
+    # RGB frames: the forward kernel and the kernel-gradient one.
+    ((8, 16, 16, 3), 16, 4, (1, 2), 'hpr_conv_relu_pool_forward'),
+    # 16 channels: the native backward pass, the input's gradient included.
+    ((16, 8, 8, 16), 32, 2, (0, 1, 2), 'hpr_conv_relu_pool_backward'),
+  ],
+)
+def test_eight_devices_equal_one_and_the_batch_is_not_gathered(
+  shape, features, pool, argnums, target
+):
+  x, kernel, bias = inputs(shape, features, True)
+  out = (shape[0], shape[1] // pool, shape[2] // pool, features)
+  cotangent = jax.random.normal(jax.random.key(1), out)
 
   def f(x, kernel, bias):
     def loss(x, k, b):
-      return jnp.sum(native_block.conv_relu_pool(x, k, b, 2) * cotangent)
+      return jnp.sum(native_block.conv_relu_pool(x, k, b, pool) * cotangent)
 
-    return jax.value_and_grad(loss, (0, 1, 2))(x, kernel, bias)
+    return jax.value_and_grad(loss, argnums)(x, kernel, bias)
 
   mesh = parallel.make_mesh()
   sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec('data')))
   step = jax.jit(f)
   hlo = step.lower(sharded, kernel, bias).compile().as_text()
   assert 'all-gather' not in hlo
-  assert 'hpr_conv_relu_pool_backward' in hlo
+  assert target in hlo
   (loss8, grads8), (loss1, grads1) = (
     step(sharded, kernel, bias),
     f(x, kernel, bias),
   )
-  # The input's gradient stays sharded like the input.
-  assert grads8[0].sharding.is_equivalent_to(sharded.sharding, 4)
+  if 0 in argnums:
+    # The input's gradient stays sharded like the input.
+    assert grads8[0].sharding.is_equivalent_to(sharded.sharding, 4)
   np.testing.assert_allclose(loss8, loss1, rtol=1e-6)
   # The kernel's gradient is summed in another order (per device, then
   # over the devices).
