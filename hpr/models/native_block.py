@@ -15,8 +15,8 @@ frames: forward 14 against 107 ms, kernel gradient 14 against 112 ms).
 The backward pass has two forms. For a multiple of 16 input channels (the
 seed LRCN's blocks 2-4) one kernel computes the input's gradient and the
 kernel's: only a window's maxima carry gradient, so it visits those pixels
-alone, 16 input channels at a time, a few percent of a dense transposed
-conv's work. For the RGB frames of a first block the kernel's gradient is
+alone, 16 input channels at a time: a sixteenth (pools of 4) to a quarter
+(pools of 2) of a dense transposed conv's multiplications. For the RGB frames of a first block the kernel's gradient is
 native (it reads the window's pixels back from the input with the pooled
 gradient on its maxima) and the input's, which XLA drops when nothing asks
 for it, is an XLA op, as is the bias' gradient everywhere.
@@ -268,10 +268,10 @@ def _conv_relu_pool_fwd(x, kernel, bias, pool):
 
 
 def _conv_relu_pool_bwd(pool, residuals, g):
-  # The native input gradient needs a multiple of LANES input channels.
   x, kernel, mask = residuals
   # Each window's shares add up to its pooled gradient.
   dbias = jnp.sum(jnp.where(mask != 0, g, 0.0), axis=(0, 1, 2))
+  # The native input gradient needs a multiple of LANES input channels.
   if x.shape[-1] % LANES == 0:
     dx, dkernel = _backward(x, kernel, mask, g, pool, _pads(kernel.shape))
     return dx, dkernel, dbias
