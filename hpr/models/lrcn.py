@@ -34,8 +34,8 @@ class FrameCNN(nnx.Module):
   first block, the RGB frames) run one op each on the whole batch: conv,
   ReLU and pool in registers, a bit mask of each window's maxima kept for
   the backward pass, which touches only those maxima. That is every block
-  of the seed LRCN, whose training step became 1.7x faster at batch 32
-  and 1.3x at batch 4 than with only its first block native
+  of the seed LRCN, whose training step became 1.7-1.9x faster at batch
+  32 and 1.3-1.5x at batch 4 than with only its first block native
   (benchmarks/README.md, "Sitting P"; the first block alone had made it
   1.5x and 1.7x faster than the XLA version).
 

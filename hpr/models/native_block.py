@@ -16,10 +16,11 @@ The backward pass has two forms. For a multiple of 16 input channels (the
 seed LRCN's blocks 2-4) one kernel computes the input's gradient and the
 kernel's: only a window's maxima carry gradient, so it visits those pixels
 alone, 16 input channels at a time: a sixteenth (pools of 4) to a quarter
-(pools of 2) of a dense transposed conv's multiplications. For the RGB frames of a first block the kernel's gradient is
-native (it reads the window's pixels back from the input with the pooled
-gradient on its maxima) and the input's, which XLA drops when nothing asks
-for it, is an XLA op, as is the bias' gradient everywhere.
+(pools of 2) of a dense transposed conv's multiplications. For the RGB
+frames of a first block the kernel's gradient is native (it reads the
+window's pixels back from the input with the pooled gradient on its
+maxima) and the input's, which XLA drops when nothing asks for it, is an
+XLA op, as is the bias' gradient everywhere.
 
 Each call splits its images, in fixed blocks, between the calling thread
 and XLA's intra-op thread pool (neutral on the 2-core CPU, where each of
