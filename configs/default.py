@@ -68,8 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
   v.test_fraction = 0.25
   v.val_fraction = 0.1
   v.seed = 0
-  # 'random_clips' lets one actor and scene be in train and test, which
-  # overstates test accuracy; it runs only with this set (and warns).
+  # A split that puts one actor and scene (UCF group) in train and test
+  # overstates test accuracy: any split that would ('random_clips', or
+  # 'stratified' over UCF-named videos) is refused unless this is set, and
+  # then warns with the number of (class, group) pairs on both sides.
   v.allow_leaky_split = False
   # Worker processes that decode videos while preparing; 0: one per CPU.
   v.num_workers = 0

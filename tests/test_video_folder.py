@@ -295,6 +295,54 @@ def test_cli_user_mistakes_are_one_line_errors(
     assert not (tmp_path / 'tfds' / 'video_folder').exists()
 
 
+@pytest.fixture(scope='module')
+def mixed_root(tmp_path_factory):
+  """UCF-named videos, 2 clips of each class and group, and one video whose
+  name has no group."""
+  root = tmp_path_factory.mktemp('mixed')
+  for label, name in enumerate(('Jump', 'Wave')):
+    (root / name).mkdir()
+    for group in (1, 2, 3, 4):
+      for clip in (1, 2):
+        path = root / name / f'v_{name}_g{group:02d}_c{clip:02d}.avi'
+        write_video(str(path), 'mpeg4', MIN_FRAMES, label=label)
+  write_video(str(root / 'Wave' / 'waving_at_home.avi'), 'mpeg4', MIN_FRAMES)
+  return str(root)
+
+
+def test_stratified_split_of_a_ucf_folder_with_one_ungrouped_file(
+  mixed_root, tmp_path, caplog
+):
+  config = folder_config(
+    mixed_root,
+    str(tmp_path / 'tfds'),
+    num_workers=1,
+    split='stratified',
+    test_fraction=0.25,
+    val_fraction=0.25,
+  )
+  with pytest.raises(UserError) as e:
+    input_pipeline.get_builder(config.dataset)
+  message = str(e.value)
+  assert 'leaky split' in message and '(class, group) pairs' in message
+  assert 'Wave/waving_at_home.avi' in message and '\n' not in message
+  # Accepted with the flag, with the leak counted in the warning and the
+  # dataset's metadata.
+  config.dataset.video_folder.allow_leaky_split = True
+  with caplog.at_level('WARNING'):
+    builder = input_pipeline.get_builder(config.dataset)
+  pairs = {}
+  for split in ('train', 'validation', 'test'):
+    for ex in _examples(builder, split):
+      if ex['group']:
+        key = (ex['class_name'].decode(), int(ex['group']))
+        pairs.setdefault(key, set()).add(split)
+  leaked = sum(len(sides) > 1 for sides in pairs.values())
+  assert leaked > 0
+  assert builder.info.metadata['num_shared_pairs'] == leaked
+  assert f'{leaked} (class, group) pairs' in caplog.text
+
+
 def test_empty_root_names_the_layout(tmp_path):
   (tmp_path / 'videos').mkdir()
   config = folder_config(str(tmp_path / 'videos'), str(tmp_path / 'tfds'))

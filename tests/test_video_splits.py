@@ -181,3 +181,56 @@ def test_random_clips_with_the_flag_warns_naming_the_leak(caplog):
   assert shared_groups(splits) == notes['shared_groups']
   text = caplog.text
   assert 'leaky' in text and 'both training and test' in text
+
+
+def mixed_videos():
+  """UCF-named videos (2 clips per class and group) plus one file of each
+  class without a group: the leak check must not depend on the others."""
+  videos = ucf_videos(groups=4)
+  for label, name in enumerate(('ApplyEyeMakeup', 'HandstandPushups')):
+    filename = f'{name}_extra.avi'
+    videos.append(
+      VideoFile(f'/d/{name}/{filename}', f'{name}/{filename}', label, name)
+    )
+  return videos
+
+
+def test_stratified_split_of_grouped_videos_is_refused_with_one_ungrouped():
+  with pytest.raises(UserError) as e:
+    assign(mixed_videos(), 'stratified', test_fraction=0.3, val_fraction=0.2)
+  message = str(e.value)
+  assert 'leaky split' in message and '(class, group) pairs' in message
+  assert 'ApplyEyeMakeup/ApplyEyeMakeup_extra.avi' in message
+  assert 'allow_leaky_split' in message and '\n' not in message
+
+
+def test_leaky_split_with_the_flag_warns_with_the_count_of_pairs(caplog):
+  videos = mixed_videos()
+  with caplog.at_level(logging.WARNING):
+    splits, notes = assign(
+      videos,
+      'stratified',
+      test_fraction=0.3,
+      val_fraction=0.2,
+      allow_leaky_split=True,
+    )
+  pairs = {}
+  for name, split in splits.items():
+    for v in split:
+      if v.group:
+        pairs.setdefault((v.class_name, v.group), set()).add(name)
+  leaked = sum(len(sides) > 1 for sides in pairs.values())
+  assert leaked > 0 and notes['shared_pairs'] == leaked
+  assert f'{leaked} (class, group) pairs' in caplog.text
+  assert notes['shared_groups'] == shared_groups(splits)
+
+
+def test_groups_split_of_a_mixed_folder_does_not_recommend_stratified():
+  with pytest.raises(UserError) as e:
+    assign(mixed_videos(), 'groups')
+  message = str(e.value)
+  assert '2 of the 18 videos have none' in message
+  assert 'stratified' not in message and 'rename' in message
+  # Without any group, 'stratified' is the split to use.
+  with pytest.raises(UserError, match="use split='stratified'"):
+    assign(hmdb_videos(), 'groups')

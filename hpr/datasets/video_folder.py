@@ -298,6 +298,7 @@ class _Preparation:
         'min_frames': self.options.min_frames,
         'num_unused': self.notes['unused'],
         'shared_groups': self.notes['shared_groups'],
+        'num_shared_pairs': self.notes['shared_pairs'],
       }
     )
     for q in self.quarantine:

@@ -14,8 +14,11 @@ Schemes (`dataset.video_folder.split`):
   'random_clips' the notebook's split: stratified at random over clips even
                 though they have groups, so one actor and scene appear on
                 both sides. Only with `allow_leaky_split=True`, and it warns.
-Every split of grouped videos except 'random_clips' is checked: train,
-validation and test share no group.
+Every split is checked, whatever the other files are called: train,
+validation and test share no group (videos without a UCF name have none).
+A split that puts one group on two sides is refused, unless
+`allow_leaky_split=True`, which warns with the count of (class, group)
+pairs it shares.
 """
 
 import glob
@@ -51,23 +54,32 @@ def assign(
 
   Returns:
     ({'train': [...], 'validation': [...], 'test': [...]}, notes) where
-    notes has 'unused' (videos no split file lists) and 'shared_groups'
-    (groups on more than one side; only 'random_clips' has any).
+    notes has 'unused' (videos no split file lists), 'shared_groups'
+    (groups on more than one side) and 'shared_pairs' (how many (class,
+    group) pairs have clips on more than one side); only a split allowed
+    by `allow_leaky_split` has any.
 
   Raises:
     ConfigError: a bad scheme parameter (unknown group, leaky split without
       the flag). UserError: unreadable split files, an empty split, or
       groups shared between splits.
   """
-  notes = {'unused': 0, 'shared_groups': []}
+  notes = {'unused': 0, 'shared_groups': [], 'shared_pairs': 0}
   grouped = bool(videos) and all(v.group for v in videos)
   if scheme == 'groups':
     if not grouped:
       missing = [v.relpath for v in videos if not v.group]
+      if len(missing) == len(videos):
+        advice = "use split='stratified'"
+      else:
+        # 'stratified' would split the grouped videos clip by clip.
+        advice = (
+          'rename them v_<Class>_g<GG>_c<CC> or move them out of the folder'
+        )
       raise UserError(
         f"split 'groups' needs UCF names v_<Class>_g<GG>_c<CC>; "
-        f'{len(missing)} videos have none (e.g. {missing[0]}); use '
-        "split='stratified'"
+        f'{len(missing)} of the {len(videos)} videos have none (e.g. '
+        f'{missing[0]}); {advice}'
       )
     splits = _by_groups(videos, test_groups, fold, val_groups)
   elif scheme == 'official':
@@ -79,7 +91,7 @@ def assign(
       train, val = _stratified(train, val_fraction, seed)
     splits = {'train': train, 'validation': val, 'test': test}
   elif scheme in ('stratified', 'random_clips'):
-    if grouped and not (scheme == 'random_clips' and allow_leaky_split):
+    if grouped and not allow_leaky_split:
       raise ConfigError(
         f'dataset.video_folder.split: {scheme!r} would put clips of one '
         "group (actor and scene) in train and test; use split='groups', or "
@@ -106,22 +118,55 @@ def assign(
         f'split {name!r} of the video folder is empty (scheme {scheme!r}); '
         'give it more videos or groups'
       )
-  if grouped:
-    shared = shared_groups(splits)
-    if shared and scheme != 'random_clips':
+  # Whatever the scheme and however the other files are named: a group
+  # (actor and scene) on two sides is a leak.
+  shared = shared_groups(splits)
+  if shared:
+    pairs = shared_pairs(splits)
+    if not allow_leaky_split:
       raise UserError(
-        f'leaky split: groups {shared} are in more than one of train, '
-        'validation and test'
+        f'leaky split {scheme!r}: {_leak(pairs, shared)} in more than one of '
+        'train, validation and test; ' + _leak_advice(videos, scheme)
       )
-    if shared:
-      logging.warning(
-        "split 'random_clips' is leaky: %d groups (actors and scenes) are in "
-        'both training and test, so test accuracy overstates how the model '
-        'does on new people',
-        len(shared),
-      )
+    logging.warning(
+      'split %r is leaky (allow_leaky_split=True): %s in more than one of '
+      'train, validation and test (%d pairs in both training and test), so '
+      'test accuracy overstates how the model does on new people',
+      scheme,
+      _leak(pairs, shared),
+      len(shared_pairs({'train': splits['train'], 'test': splits['test']})),
+    )
     notes['shared_groups'] = shared
+    notes['shared_pairs'] = len(pairs)
   return splits, notes
+
+
+def _leak(pairs: list[tuple[str, int]], groups: list[int]) -> str:
+  """'5 (class, group) pairs (e.g. Jump g03) of 3 groups have clips'."""
+  if not pairs:  # Only the group numbers meet, in different classes.
+    return f'{len(groups)} groups (e.g. g{groups[0]:02d}) have clips'
+  example = f'{pairs[0][0]} g{pairs[0][1]:02d}'
+  return (
+    f'{len(pairs)} (class, group) pairs (e.g. {example}) of {len(groups)} '
+    'groups have clips'
+  )
+
+
+def _leak_advice(videos: Sequence[VideoFile], scheme: str) -> str:
+  ungrouped = [v.relpath for v in videos if not v.group]
+  if scheme in ('stratified', 'random_clips') and ungrouped:
+    return (
+      f'{len(ungrouped)} of the {len(videos)} videos have no UCF group (e.g. '
+      f"{ungrouped[0]}): rename or move them and use split='groups', or set "
+      'dataset.video_folder.allow_leaky_split=True to accept the leak'
+    )
+  fix = (
+    'correct the split files' if scheme == 'official' else "use split='groups'"
+  )
+  return (
+    f'{fix}, or set dataset.video_folder.allow_leaky_split=True to accept '
+    'the leak'
+  )
 
 
 def shared_groups(splits: dict[str, Sequence[VideoFile]]) -> list[int]:
@@ -133,6 +178,19 @@ def shared_groups(splits: dict[str, Sequence[VideoFile]]) -> list[int]:
     for b in names[i + 1 :]:
       shared |= seen[a] & seen[b]
   return sorted(shared)
+
+
+def shared_pairs(
+  splits: dict[str, Sequence[VideoFile]],
+) -> list[tuple[str, int]]:
+  """(class name, group) pairs with clips in more than one split, sorted
+  (videos without a group are ignored)."""
+  sides = {}
+  for name, vs in splits.items():
+    for v in vs:
+      if v.group:
+        sides.setdefault((v.class_name, v.group), set()).add(name)
+  return sorted(pair for pair, names in sides.items() if len(names) > 1)
 
 
 def _by_groups(videos, test_groups, fold, val_groups):
