@@ -4,10 +4,38 @@ frame, and a per-frame CSV timeline (used by hpr.predict)."""
 import csv
 import functools
 import os
+import tempfile
 
 import numpy as np
 
 from hpr import video_io
+from hpr.errors import UserError
+
+
+def check_writable(directory: str, create: bool = False) -> None:
+  """Fails early, with one line, where the outputs cannot be written.
+
+  Args:
+    directory: where the annotated videos and timelines go.
+    create: make it (and its parents) if missing.
+
+  Raises:
+    UserError: `directory` is missing (without `create`), cannot be made,
+      or refuses a new file (a read-only place, a file in the way).
+  """
+  try:
+    if create:
+      os.makedirs(directory, exist_ok=True)
+    elif not os.path.isdir(directory):
+      raise UserError(f'--annotate: no directory {directory}')
+    # A real file, not os.access: root passes access() on read-only places.
+    with tempfile.TemporaryFile(dir=directory, prefix='.hpr-write-check'):
+      pass
+  except OSError as e:
+    reason = e.strerror or type(e).__name__
+    raise UserError(
+      f'--annotate: cannot write in {directory} ({reason})'
+    ) from e
 
 
 @functools.cache
@@ -45,7 +73,14 @@ class Annotator:
 
   def __init__(self, path: str, timeline: str, fps: float, class_names):
     self.writer = video_io.VideoWriter(path, fps)
-    self.csv_file = open(timeline, 'w', newline='')
+    try:
+      self.csv_file = open(timeline, 'w', newline='')
+    except OSError as e:
+      self.writer.close()
+      os.remove(path)
+      raise UserError(
+        f'cannot write {timeline} ({e.strerror or type(e).__name__})'
+      ) from e
     self.csv = csv.writer(self.csv_file)
     self.csv.writerow(
       ['frame', 'time_s', 'label', 'confidence', 'window_start', 'window_end']

@@ -1,6 +1,6 @@
 r"""Predict the action in video files with a trained workdir's model.
 
-  python -m hpr.predict --workdir W video.mp4 [more.avi ...] [--json]
+  python -m hpr.predict --workdir W video.mp4 [more.avi ...] [--json] [--strict]
   python -m hpr.predict --workdir W video.mp4 --annotate out.mp4 \
       [--window 20] [--stride 1] [--frame_step 1]
 
@@ -14,6 +14,10 @@ before the first full window show the first window's prediction.
 
 Each frame is decoded once and goes through the per-frame part of the model
 once (see hpr/streaming.py for what each model costs per frame).
+
+A file that decodes fewer frames than its container declares (cut short by
+an interrupted copy or download) is predicted from the frames that decode,
+with a warning that says how many; `--strict` refuses it instead.
 """
 
 import argparse
@@ -138,6 +142,7 @@ def predict_video(
   stride: int = 1,
   frame_step: int = 1,
   short_video: str = 'pad',
+  strict: bool = False,
 ) -> dict:
   """Predicts one video file; optionally writes the annotated copy.
 
@@ -152,13 +157,18 @@ def predict_video(
     frame_step: step between a window's frames (2 spans twice the time).
     short_video: a video shorter than the clip or window: 'pad' repeats its
       last frame (as the input pipeline does), 'error' refuses it.
+    strict: refuse a file that decodes fewer frames than its container
+      declares, instead of predicting from those frames with a warning.
 
   Returns:
-    {'video', 'num_frames', 'fps', 'width', 'height', 'top_k': [{'class',
-     'confidence'}], 'probabilities'} (+ 'annotated', 'timeline').
+    {'video', 'num_frames' (decoded and used), 'declared_frames' (what the
+     container says; None where it does not say), 'fps', 'width', 'height',
+     'top_k': [{'class', 'confidence'}], 'probabilities', 'warnings' (one
+     line each)} (+ 'annotated', 'timeline').
 
   Raises:
-    UserError: an unreadable file, or a short video with short_video='error'.
+    UserError: an unreadable file, a short video with short_video='error',
+      or a truncated one with `strict`.
   """
   model = predictor.model
   num_frames = predictor.config.input.num_frames
@@ -195,6 +205,16 @@ def predict_video(
               current = (probs[hits[0]], end - queue.span + 1, end)
             annotator.add(count + i, frame, current)
         count += len(raw)
+      declared = reader.declared_frames or None
+      warnings = []
+      if declared and count < declared:
+        message = (
+          f'{path}: only {count} of the {declared} frames its container '
+          'declares decode (the file looks truncated)'
+        )
+        if strict:
+          raise UserError(f'{message}; refused by --strict')
+        warnings.append(f'{message}; predicted from those {count} frames')
       needed = max(num_frames, queue.span) if annotate else num_frames
       if count < needed and short_video == 'error':
         raise UserError(
@@ -219,6 +239,7 @@ def predict_video(
     result = {
       'video': path,
       'num_frames': count,
+      'declared_frames': declared,
       'fps': reader.fps,
       'width': reader.width,
       'height': reader.height,
@@ -230,6 +251,7 @@ def predict_video(
         name: float(p)
         for name, p in zip(predictor.class_names, probs, strict=True)
       },
+      'warnings': warnings,
     }
   if annotate:
     result['annotated'], result['timeline'] = annotate, timeline
@@ -247,8 +269,9 @@ def _outputs(videos: list[str], annotate: str | None) -> list[str | None]:
         'given: pass a directory'
       )
     outputs = [annotate]
+    annotate_lib.check_writable(os.path.dirname(os.path.abspath(annotate)))
   else:
-    os.makedirs(annotate, exist_ok=True)
+    annotate_lib.check_writable(annotate, create=True)
     stems = [os.path.splitext(os.path.basename(v))[0] for v in videos]
     if len(set(stems)) < len(stems):
       raise UserError(
@@ -301,14 +324,23 @@ def _parser() -> argparse.ArgumentParser:
     help='videos shorter than a clip/window: repeat the last frame (as '
     'training does) or refuse them',
   )
+  parser.add_argument(
+    '--strict',
+    action='store_true',
+    help='refuse a video that decodes fewer frames than its container '
+    'declares (a truncated file) instead of warning',
+  )
   return parser
 
 
 def _print_table(results: list[dict], predictor: Predictor) -> None:
   name = predictor.config.model.name
   for r in results:
+    frames = f'{r["num_frames"]} frames'
+    if r['declared_frames'] and r['num_frames'] < r['declared_frames']:
+      frames += f' (of {r["declared_frames"]} declared)'
     print(
-      f'{r["video"]}: {r["num_frames"]} frames, {r["width"]}x{r["height"]}, '
+      f'{r["video"]}: {frames}, {r["width"]}x{r["height"]}, '
       f'{r["fps"]:.2f} fps ({name}, checkpoint {predictor.step})'
     )
     for rank, p in enumerate(r['top_k'], start=1):
@@ -325,13 +357,21 @@ def main(argv: list[str] | None = None) -> None:
     if value is not None and value < 1:
       raise UserError(f'--{flag} must be at least 1, got {value}')
   for video in args.videos:
-    if not os.path.isfile(video):
+    if os.path.isdir(video):
+      raise UserError(
+        f'{video} is a directory, not a video file (give the videos in it, '
+        f'e.g. {os.path.join(video, "*.mp4")})'
+      )
+    if not os.path.exists(video):
       raise UserError(f'no such video file: {video}')
+    if not os.path.isfile(video):
+      raise UserError(f'{video} is not a regular file')
   outputs = _outputs(args.videos, args.annotate)
   predictor = load_predictor(args.workdir, args.step)
   _check_window(predictor, args.window)
-  results = [
-    predict_video(
+  results = []
+  for video, out in zip(args.videos, outputs, strict=True):
+    result = predict_video(
       predictor,
       video,
       top_k=args.top_k,
@@ -340,9 +380,12 @@ def main(argv: list[str] | None = None) -> None:
       stride=args.stride,
       frame_step=args.frame_step,
       short_video=args.short_video,
+      strict=args.strict,
     )
-    for video, out in zip(args.videos, outputs, strict=True)
-  ]
+    # On stderr, as each video ends: stdout stays the table or the JSON.
+    for warning in result['warnings']:
+      print(f'hpr: warning: {warning}', file=sys.stderr)
+    results.append(result)
   if args.json:
     for r in results:
       r.pop('probabilities')

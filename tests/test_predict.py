@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import av
 import numpy as np
@@ -318,6 +319,12 @@ def test_bad_inputs_are_user_errors(trained_workdir, videos, tmp_path):
   empty = _bad_workdir(trained_workdir, tmp_path, 12)
   cases = [
     ([str(tmp_path / 'missing.mp4')], 'no such video file'),
+    ([str(tmp_path)], f'{tmp_path} is a directory, not a video file'),
+    (
+      [videos['wave'], f'--annotate={text}/out'],
+      f'--annotate: cannot write in {text}/out',
+    ),
+    ([videos['wave'], f'--annotate={text}/out.mp4'], '--annotate: no dir'),
     ([str(text)], 'cannot read .*notes.mp4 as a video'),
     ([videos['short'], '--short_video=error'], 'fewer than the 6'),
     ([videos['wave'], '--window=0'], '--window must be at least 1'),
@@ -359,3 +366,80 @@ def test_cli_errors_are_one_line(trained_workdir, videos, tmp_path):
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith('hpr: error:') and message in last, run.stderr
     assert 'Traceback' not in run.stderr and not run.stdout
+
+
+def _truncated_avi(path, num_frames=60):
+  """An MPEG-4 AVI of `num_frames` frames of noise (little to compress),
+  cut to half its bytes: its header still declares `num_frames`."""
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (num_frames, SIZE[1], SIZE[0], 3), np.uint8)
+  video_io.write_file(str(path), frames, 25.0)
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])
+  return str(path)
+
+
+def test_a_truncated_video_warns_with_the_frames_used(
+  trained_workdir, tmp_path
+):
+  video = _truncated_avi(tmp_path / 'cut.avi')
+  predictor = predict.load_predictor(trained_workdir[1])
+  result = predict.predict_video(predictor, video)
+  used = result['num_frames']
+  assert 0 < used < 60 and result['declared_frames'] == 60
+  assert result['warnings'] == [
+    f'{video}: only {used} of the 60 frames its container declares decode '
+    f'(the file looks truncated); predicted from those {used} frames'
+  ]
+  out = str(tmp_path / 'cut.annotated.mp4')
+  with pytest.raises(UserError, match=f'only {used} of the 60 .*--strict'):
+    predict.main(
+      ['--workdir', trained_workdir[1], video, '--strict', f'--annotate={out}']
+    )
+  assert not os.path.exists(out)  # No half-written output is left.
+  run = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'hpr.predict',
+      f'--workdir={trained_workdir[1]}',
+      video,
+      '--json',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+  )
+  assert run.returncode == 0, run.stderr
+  (got,) = json.loads(run.stdout)['videos']
+  assert (got['num_frames'], got['declared_frames']) == (used, 60)
+  assert got['warnings'] == result['warnings']
+  assert f'hpr: warning: {result["warnings"][0]}' in run.stderr
+  # An intact file: no warning, its declared count.
+  whole = str(tmp_path / 'whole.avi')
+  video_io.write_file(whole, np.zeros((8, 60, 80, 3), np.uint8), 25.0)
+  result = predict.predict_video(predictor, whole)
+  assert result['num_frames'] == result['declared_frames'] == 8
+  assert result['warnings'] == []
+
+
+def _can_write(directory):
+  try:
+    with tempfile.TemporaryFile(dir=directory):
+      return True
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(
+  _can_write('/sys'), reason='needs a place no process can write (sysfs)'
+)
+def test_annotate_into_a_read_only_place_is_one_line(trained_workdir, videos):
+  # sysfs refuses new files even to root, which a chmod would not.
+  for out in ('/sys/hpr_annotated', '/sys/hpr_annotated.mp4'):
+    with pytest.raises(UserError, match='cannot write in /sys') as info:
+      predict.main(
+        ['--workdir', trained_workdir[1], videos['wave'], f'--annotate={out}']
+      )
+    assert '\n' not in str(info.value)
