@@ -6,13 +6,15 @@ must be known. `validate` raises `ConfigError` naming the key and the problem.
 """
 
 import importlib.util
+import math
 import pathlib
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
 
-from hpr.errors import ConfigError
+from hpr.errors import ConfigError, UserError
 
 _CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
 
@@ -97,21 +99,51 @@ _FRACTIONS = (
 )
 
 
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Loads `get_config()` from a Python config file.
+def load_config_file(
+  path: str, argument: str | None = None
+) -> ml_collections.ConfigDict:
+  """Loads `get_config()` (or `get_config(argument)`) from a Python file.
 
   Raises:
-    ConfigError: the file is missing or has no `get_config`.
+    ConfigError: the file is missing, does not compile, fails while it runs
+      or in `get_config`, or has no `get_config`; one line that names the
+      file, the error and its line, e.g. `config file c.py: SyntaxError at
+      line 3: invalid syntax`.
   """
   p = pathlib.Path(path)
   if not p.is_file():
     raise ConfigError(f'config file not found: {path}')
   spec = importlib.util.spec_from_file_location(f'hpr_config_{p.stem}', p)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ConfigError(f'{path} defines no get_config()')
-  return module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      raise ConfigError(f'{path} defines no get_config()')
+    if argument is None:
+      return module.get_config()
+    return module.get_config(argument)
+  except UserError:
+    raise
+  except Exception as e:  # Whatever the file's own code raises.
+    raise ConfigError(f'config file {path}: {_code_error(e, p)}') from None
+
+
+def _code_error(error: Exception, path: pathlib.Path) -> str:
+  """'SyntaxError at line 3: invalid syntax', the line in `path`."""
+  if isinstance(error, SyntaxError) and error.lineno:
+    line, text = error.lineno, error.msg
+  else:
+    frames = traceback.extract_tb(error.__traceback__)
+    lines = [
+      f.lineno
+      for f in frames
+      if pathlib.Path(f.filename).resolve() == path.resolve()
+    ]
+    line = lines[-1] if lines else None
+    text = str(error)
+  text = ' '.join(str(text).split()) or type(error).__name__
+  where = f' at line {line}' if line else ''
+  return f'{type(error).__name__}{where}: {text}'
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -184,6 +216,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   for key in schema:
     if key not in given:
       raise ConfigError(f'config key {key!r} is missing')
+  for key, value in given.items():
+    # NaN passes every comparison below (nan <= 0 is False) and inf every
+    # lower bound; neither is a usable rate, size or fraction.
+    values = value if isinstance(value, tuple | list) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+      raise ConfigError(f'{key}: must be a finite number, got {value!r}')
 
   for key, choices in _CHOICES.items():
     if given[key] not in choices:

@@ -80,9 +80,18 @@ def _check_config_file(argv: list[str]) -> None:
       path = argv[i + 1]
     else:
       continue
-    path = path.split(':', 1)[0]  # 'file.py:argument' passes an argument.
+    # 'file.py:argument' passes an argument.
+    path, _, argument = path.partition(':')
     if not os.path.isfile(path):
       fail(ConfigError(f'config file not found: {path}'))
+    # Loaded once here too: a syntax error or an exception in get_config()
+    # becomes one line naming the file and line, not a traceback.
+    from hpr import config as config_lib
+
+    try:
+      config_lib.load_config_file(path, argument or None)
+    except ConfigError as e:
+      fail(e)
 
 
 def _override_error(argv: list[str], error: Exception) -> str:

@@ -1,12 +1,16 @@
 """Every config validates; bad configs give one-line errors."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from hpr import config as config_lib
 from hpr.errors import ConfigError
 
+ROOT = pathlib.Path(__file__).parent.parent
 CONFIGS = sorted(pathlib.Path(__file__).parent.parent.glob('configs/[!_]*.py'))
 
 
@@ -134,3 +138,75 @@ def test_video_folder_frame_counts_cover_a_clip():
     c.dataset.video_folder.max_frames = 10
 
   assert 'max_frames: 10 is below min_frames 20' in _bad(capped)
+
+
+@pytest.mark.parametrize(
+  'key, value',
+  [
+    ('optimizer.learning_rate', float('nan')),
+    ('optimizer.learning_rate', float('inf')),
+    ('optimizer.weight_decay', float('nan')),
+    ('input.crop_area', (0.5, float('nan'))),
+  ],
+)
+def test_nan_and_inf_are_refused(key, value):
+  section, _, name = key.rpartition('.')
+
+  def set_value(c):
+    c[section.split('.')[0]][name] = value
+
+  assert _bad(set_value) == f'{key}: must be a finite number, got {value!r}'
+
+
+BAD_CONFIG_FILES = {
+  'syntax.py': (
+    'import ml_collections\n\ndef get_config(:\n  return None\n',
+    'SyntaxError at line 3: invalid syntax',
+  ),
+  'raises.py': (
+    'from configs import default\n\n\ndef get_config():\n'
+    '  config = default.get_config()\n'
+    "  config.training['batch_size'] = {}['typo']\n"
+    '  return config\n',
+    "KeyError at line 6: 'typo'",
+  ),
+  'top_level.py': (
+    'RATE = 1 / 0\n\n\ndef get_config():\n  return None\n',
+    'ZeroDivisionError at line 1: division by zero',
+  ),
+}
+
+
+@pytest.mark.parametrize('name', sorted(BAD_CONFIG_FILES))
+def test_config_file_errors_name_the_file_and_line(tmp_path, name):
+  text, expected = BAD_CONFIG_FILES[name]
+  path = tmp_path / name
+  path.write_text(text)
+  with pytest.raises(ConfigError) as e:
+    config_lib.load_config_file(str(path))
+  assert str(e.value) == f'config file {path}: {expected}'
+
+
+def test_a_bad_config_file_is_one_line_from_the_cli(tmp_path):
+  for name, (text, expected) in BAD_CONFIG_FILES.items():
+    path = tmp_path / name
+    path.write_text(text)
+    run = subprocess.run(
+      [
+        sys.executable,
+        '-m',
+        'hpr.main',
+        f'--config={path}',
+        f'--workdir={tmp_path / "w"}',
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=120,
+      env={**os.environ, 'HPR_MALLOC_TUNING': '0'},
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines() == [
+      f'hpr: error: config file {path}: {expected}'
+    ]
+    assert not (tmp_path / 'w').exists()
