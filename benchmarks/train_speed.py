@@ -1,13 +1,16 @@
 r"""Training-step speed of hpr's models on this machine.
 
   python benchmarks/train_speed.py                      # seed models, b 4, 32
+  python benchmarks/train_speed.py --extras=off         # clips/s only
   python benchmarks/train_speed.py --models configs/default.py --batch_sizes 8
   python benchmarks/train_speed.py --json /tmp/train_speed.json
 
 For each model and batch size, in a process of its own (so peak memory and
 thread pools are its own), on random clips (float32, 20x64x64x3 unless the
 config says otherwise), on the devices `python -m hpr.main` would use (on a
-CPU, `config.cpu_devices` of them):
+CPU, `config.cpu_devices` of them; on a GPU or TPU host, its accelerators,
+at batch 32 and 256 unless --batch_sizes says otherwise; the JSON records
+the platform, device kind and count):
 
 - training: hpr's jitted train step (forward, backward, Adam, metrics, the
   one `hpr.train` runs), the median and spread (10th-90th percentile) of
@@ -28,13 +31,16 @@ CPU, `config.cpu_devices` of them):
 - peak host memory of the process (ru_maxrss), and its minor page faults
   per timed step.
 
+`--extras=off` leaves out the FLOPs and the cached-compile process (the
+training and inference clips/s only, for a short sitting).
+
 The workers run with hpr's glibc malloc settings, as `python -m hpr.main`
 does (`hpr.malloc_tuning`); `--malloc_tuning=off` measures glibc's
 defaults.
 
 Models: 'seed_convlstm' and 'seed_lrcn' are the Keras notebook's networks
-(4 classes, 44,524 and 73,060 parameters: the anchors' models in
-../shared/bench/anchors.py), or the path of a config file (its model, input
+(4 classes, 44,524 and 73,060 parameters: the peers' models in
+benchmarks/peers/, which benchmarks/sitting.py times beside these), or the path of a config file (its model, input
 size and --num_classes).
 
 Prints a Markdown table for benchmarks/README.md and, with --json, writes
@@ -155,6 +161,8 @@ def worker(args) -> dict:
     'batch_size': batch_size,
     'params': int(params),
     'devices': jax.device_count(),
+    'platform': jax.devices()[0].platform,
+    'device_kind': jax.devices()[0].device_kind,
   }
 
   t0 = time.perf_counter()
@@ -195,6 +203,8 @@ def worker(args) -> dict:
   out['peak_rss_mib'] = (
     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   )
+  if not args.extras:
+    return out
 
   # FLOPs: the same step with every time loop unrolled and the LRCN's
   # frames in one chunk (XLA counts a loop body once).
@@ -232,7 +242,14 @@ def peak_worker() -> dict:
   matmul = jax.jit(jnp.matmul)
   matmul(a, b).block_until_ready()
   times = _time(lambda: matmul(a, b).block_until_ready(), 8)
-  return {'matmul_gflops': 2 * n**3 / min(times) / 1e9}
+  device = jax.devices()[0]
+  return {
+    'matmul_gflops': 2 * n**3 / min(times) / 1e9,
+    'platform': device.platform,
+    'device_kind': device.device_kind,
+    'device_count': jax.device_count(),
+    'jax': jax.__version__,
+  }
 
 
 def measure(model: str, batch_size: int, steps: int, num_classes: int = 4):
@@ -268,7 +285,8 @@ def _spawn(argv: list[str], malloc: bool = True) -> dict:
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def machine() -> str:
+def machine(peak: dict) -> str:
+  """The host's CPUs and the devices the peak worker saw."""
   cpu = platform.processor() or platform.machine()
   try:
     with open('/proc/cpuinfo') as f:
@@ -276,9 +294,16 @@ def machine() -> str:
     cpu = f'{len(names)} x {names[0]}' if names else cpu
   except OSError:
     pass
-  import jax
+  return (
+    f'{cpu}; jax {peak["jax"]}; {peak["device_count"]} x '
+    f'{peak["device_kind"]} ({peak["platform"]})'
+  )
 
-  return f'{cpu}; jax {jax.__version__}; {jax.devices()[0].device_kind}'
+
+def _num(r: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+  """r[key] formatted, or '-' where it was not measured (--extras=off)."""
+  value = r.get(key)
+  return '-' if value is None else f'{value * scale:{fmt}}'
 
 
 def table(results: list[dict], peak: float) -> str:
@@ -293,10 +318,11 @@ def table(results: list[dict], peak: float) -> str:
       f'| {r["model"]} | {r["batch_size"]} | {r["devices"]} | '
       f'{r["clips_per_s"]:.1f} | '
       f'{r["step_ms"]:.1f} ({r["step_ms_p10"]:.1f}-{r["step_ms_p90"]:.1f}) | '
-      f'{r["gflop_per_step"]:.2f} | {r["gflops"]:.1f} | '
-      f'{100 * r["gflops"] / peak:.1f} | {r["infer_clips_per_s"]:.1f} | '
-      f'{r["compile_s"]:.1f} / {r.get("compile_cached_s", float("nan")):.1f}'
-      f' | {r.get("startup_cached_s", float("nan")):.1f} | '
+      f'{_num(r, "gflop_per_step", ".2f")} | {_num(r, "gflops", ".1f")} | '
+      f'{_num(r, "gflops", ".1f", 100 / peak)} | '
+      f'{r["infer_clips_per_s"]:.1f} | '
+      f'{r["compile_s"]:.1f} / {_num(r, "compile_cached_s", ".1f")}'
+      f' | {_num(r, "startup_cached_s", ".1f")} | '
       f'{r["peak_rss_mib"]:.0f} |'
     )
   return '\n'.join(rows)
@@ -309,7 +335,9 @@ def main() -> None:
     default='seed_convlstm,seed_lrcn',
     help='comma-separated: seed_convlstm, seed_lrcn or config file paths',
   )
-  parser.add_argument('--batch_sizes', default='4,32')
+  parser.add_argument(
+    '--batch_sizes', help='default 4,32 on a CPU, 32,256 on an accelerator'
+  )
   parser.add_argument('--steps', type=int, default=20, help='timed steps')
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--infer_batch', type=int, default=32)
@@ -324,6 +352,13 @@ def main() -> None:
     help="run the workers with hpr's glibc malloc settings, as "
     '`python -m hpr.main` runs (hpr.malloc_tuning), or with the defaults',
   )
+  parser.add_argument(
+    '--extras',
+    choices=('on', 'off'),
+    default='on',
+    help='off: training and inference clips/s only, without the FLOP count '
+    'and the cached-compile process (a short sitting on a lent accelerator)',
+  )
   # Internal: run one entry and print its JSON.
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--peak', action='store_true', help=argparse.SUPPRESS)
@@ -331,6 +366,7 @@ def main() -> None:
   parser.add_argument('--batch_size', type=int, help=argparse.SUPPRESS)
   parser.add_argument('--cache_dir', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  args.extras = args.extras == 'on'
   if args.peak:
     print(json.dumps(peak_worker()))
     return
@@ -338,13 +374,18 @@ def main() -> None:
     print(json.dumps(worker(args)))
     return
 
-  peak = _spawn(['--peak'])['matmul_gflops']
+  peak_info = _spawn(['--peak'])
+  peak = peak_info['matmul_gflops']
   print(f'float32 matmul peak: {peak:.1f} GFLOP/s', file=sys.stderr)
+  if args.batch_sizes is None:
+    cpu = peak_info['platform'] == 'cpu'
+    args.batch_sizes = '4,32' if cpu else '32,256'
   common = [
     f'--steps={args.steps}',
     f'--warmup={args.warmup}',
     f'--infer_batch={args.infer_batch}',
     f'--num_classes={args.num_classes}',
+    f'--extras={"on" if args.extras else "off"}',
   ]
   results = []
   for model in args.models.split(','):
@@ -358,20 +399,33 @@ def main() -> None:
         ]
         malloc = args.malloc_tuning == 'on'
         r = _spawn(entry + common, malloc)
-        cached = _spawn(entry + [*common, '--steps=0'], malloc)
-      r['compile_cached_s'] = cached['compile_s']
-      r['startup_cached_s'] = cached['startup_to_first_step_s']
+        if args.extras:
+          cached = _spawn(entry + [*common, '--steps=0'], malloc)
+          r['compile_cached_s'] = cached['compile_s']
+          r['startup_cached_s'] = cached['startup_to_first_step_s']
       print(
         f'{model} b{batch_size}: {r["clips_per_s"]:.1f} clips/s, '
         f'{r["step_ms"]:.1f} ms/step',
         file=sys.stderr,
       )
       results.append(r)
-  print(f'Machine: {machine()}; matmul peak {peak:.1f} GFLOP/s\n')
+  print(f'Machine: {machine(peak_info)}; matmul peak {peak:.1f} GFLOP/s\n')
   print(table(results, peak))
   if args.json:
     with open(args.json, 'w') as f:
-      json.dump({'peak_gflops': peak, 'results': results}, f, indent=2)
+      json.dump(
+        {
+          'peak_gflops': peak,
+          'platform': peak_info['platform'],
+          'device_kind': peak_info['device_kind'],
+          'device_count': peak_info['device_count'],
+          'jax': peak_info['jax'],
+          'machine': machine(peak_info),
+          'results': results,
+        },
+        f,
+        indent=2,
+      )
 
 
 if __name__ == '__main__':
