@@ -128,8 +128,10 @@ def source_commit() -> str:
   here = os.path.dirname(os.path.abspath(__file__))
 
   def git(*args: str) -> str:
+    # --no-optional-locks: `git status` would otherwise refresh and rewrite
+    # the checkout's index (taking .git/index.lock) in every run.
     return subprocess.run(
-      ['git', *args],
+      ['git', '--no-optional-locks', *args],
       cwd=here,
       capture_output=True,
       text=True,
