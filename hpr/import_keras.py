@@ -18,7 +18,10 @@ variants), exactly: softmax(hpr logits) is the Keras model's output.
 
 import argparse
 import json
+import keyword
+import math
 import os
+import shlex
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -189,7 +192,7 @@ def import_model(
     f.write(config.to_json(indent=2))
   with open(os.path.join(workdir, 'class_names.json'), 'w') as f:
     json.dump(list(class_names), f)
-  with open(os.path.join(workdir, 'config.py'), 'w') as f:
+  with open(os.path.join(workdir, 'config.py'), 'w', encoding='utf-8') as f:
     f.write(config_file(config, path, workdir))
   return config
 
@@ -198,20 +201,32 @@ def config_file(
   config: ml_collections.ConfigDict, path: str, workdir: str
 ) -> str:
   """A config file (`get_config()`) giving `config`: the keys that differ
-  from configs/default.py, so `--config W/config.py` finds them."""
+  from configs/default.py, so `--config W/config.py` finds them.
+
+  File names and config values are untrusted text (a model's file name may
+  hold quotes or newlines), so the file holds them only as `repr()` string
+  literals, never in its docstring or comments.
+  """
   from hpr import config as config_lib
 
   default = dict(_leaves(config_lib.default_config()))
+  config_py = os.path.join(workdir, 'config.py')
+  command = (
+    f'python -m hpr.main --config {shlex.quote(config_py)} '
+    f'--workdir {shlex.quote(workdir)}'
+  )
   lines = [
-    f'"""hpr config of the Keras model {os.path.abspath(path)}',
-    '(written by hpr.import_keras).',
+    '"""hpr config of a Keras model, written by hpr.import_keras.',
     '',
-    f'  python -m hpr.main --config {workdir}/config.py --workdir {workdir} \\',
-    '      --mode=evaluate',
-    f'  python -m hpr.main --config {workdir}/config.py --workdir {workdir}',
+    'KERAS_MODEL is the file it was imported from; EVALUATE and FINE_TUNE are',
+    'the commands that use this config.',
     '"""',
     '',
     'from hpr import config as config_lib',
+    '',
+    f'KERAS_MODEL = {_literal(os.path.abspath(path))}',
+    f'EVALUATE = {_literal(command + " --mode=evaluate")}',
+    f'FINE_TUNE = {_literal(command)}',
     '',
     '',
     'def get_config():',
@@ -219,9 +234,34 @@ def config_file(
   ]
   for key, value in _leaves(config):
     if default.get(key) != value:
-      lines.append(f'  config.{key} = {value!r}')
+      lines.append(f'  {_target(key)} = {_literal(value)}')
   lines.append('  return config')
   return '\n'.join(lines) + '\n'
+
+
+def _literal(value) -> str:
+  """Python source that evaluates to `value`, a config leaf."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return f'float({str(value)!r})'
+  if isinstance(value, str | int | float | bool | None):
+    return repr(value)  # Escapes quotes, newlines, any non-printable.
+  if isinstance(value, tuple | list):
+    items = [_literal(v) for v in value]
+    if isinstance(value, tuple):
+      return f'({", ".join(items)}{"," if len(items) == 1 else ""})'
+    return f'[{", ".join(items)}]'
+  if isinstance(value, dict):
+    items = [f'{_literal(k)}: {_literal(v)}' for k, v in value.items()]
+    return '{' + ', '.join(items) + '}'
+  raise TypeError(f'cannot write a config value of type {type(value)}')
+
+
+def _target(key: str) -> str:
+  """`config.a.b`, or `config['a']['b']` for keys that are not names."""
+  parts = key.split('.')
+  if all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+    return f'config.{key}'
+  return 'config' + ''.join(f'[{p!r}]' for p in parts)
 
 
 def _leaves(config, prefix: str = ''):
@@ -292,8 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     f'imported {config.model.name} ({len(names)} classes, '
     f'{config.input.num_frames}x{config.input.image_size}x'
     f'{config.input.image_size} clips) into {args.workdir}; evaluate with\n'
-    f'  python -m hpr.main --config {args.workdir}/config.py '
-    f'--workdir {args.workdir} --mode=evaluate'
+    f'  python -m hpr.main --config '
+    f'{shlex.quote(os.path.join(args.workdir, "config.py"))} '
+    f'--workdir {shlex.quote(args.workdir)} --mode=evaluate'
   )
 
 
