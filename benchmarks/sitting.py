@@ -3,6 +3,7 @@ r"""One sitting: the peers, hpr, the peers again, and hpr's speed over theirs.
   python benchmarks/sitting.py --peers-python /tmp/peers/bin/python
   python benchmarks/sitting.py --peers-python /tmp/peers/bin/python --quick
   python benchmarks/sitting.py --table benchmarks/results/sitting_....json
+  python benchmarks/sitting.py --recompute PEERS.json TRAIN_SPEED.json [PEERS.json]
 
 hpr's training speed and its peers' (the notebook's ConvLSTM and LRCN in
 tf_keras, PyTorch eager and torch.compile: benchmarks/peers/) are only
@@ -21,6 +22,11 @@ the Markdown table for benchmarks/README.md. --quick (3 timed steps, for
 smoke tests) writes to the system's temporary folder unless --out_dir says
 otherwise. `--passes 1` runs the peers once, before hpr (on a dedicated
 accelerator, where drift is small).
+
+`--recompute` makes the table from saved files: a pass of peers (a list of
+`peers/run.py` entries, or the older anchors' JSON in benchmarks/results,
+whose entries for these frameworks are the same measurement), hpr's
+`train_speed.py --json` and optionally the second pass.
 """
 
 import argparse
@@ -197,12 +203,17 @@ def markdown(sitting: dict) -> str:
       f'| {_range(c["best_peer_gflops_analytic"], ".1f")} |'
     )
   meta = sitting.get('meta', {})
-  head = (
-    f'Sitting {meta.get("started_utc", "?")} to '
-    f'{meta.get("finished_utc", "?")} UTC, commit {meta.get("commit", "?")}, '
-    f'{meta.get("machine", "?")}'
-    + (' (QUICK: smoke test, not a measurement)' if meta.get('quick') else '')
-  )
+  if 'started_utc' in meta:
+    head = (
+      f'Sitting {meta["started_utc"]} to {meta.get("finished_utc", "?")} UTC, '
+      f'commit {meta.get("commit", "?")}, {meta.get("machine", "?")}'
+    )
+  else:
+    head = 'From ' + ', '.join(os.path.basename(p) for p in meta['command'][1:])
+    if sitting['hpr'].get('machine'):
+      head += f'; hpr on {sitting["hpr"]["machine"]}'
+  if meta.get('quick'):
+    head += ' (QUICK: a smoke test, not a measurement)'
   verdict = sitting['summary']['all_at_least_1x']
   foot = (
     'hpr >= 1.0x the best peer in every cell: '
@@ -222,6 +233,40 @@ def markdown(sitting: dict) -> str:
 # ---------------------------------------------------------------------------
 # Running one.
 # ---------------------------------------------------------------------------
+
+
+def load_peers(path: str) -> list[dict]:
+  """A saved pass of peers: a list of `peers/run.py` entries, or an
+  anchors' JSON (../shared/bench/anchors.py, before the peers came into
+  the repository), whose entries for the same frameworks convert."""
+  with open(path) as f:
+    saved = json.load(f)
+  if isinstance(saved, list):
+    return saved
+  entries = []
+  for e in saved.get('entries', ()):
+    if e.get('framework') not in PEERS:
+      continue
+    entry = {'framework': e['framework'], 'model': e['model']}
+    entry['status'] = e.get('status', 'ok')
+    entry.update(e.get('result') or {})
+    entries.append(entry)
+  return entries
+
+
+def recompute(paths: list[str]) -> dict:
+  """A sitting from saved files: peers before, hpr, (peers after)."""
+  with open(paths[1]) as f:
+    hpr = json.load(f)
+  before = load_peers(paths[0])
+  after = load_peers(paths[2]) if len(paths) > 2 else None
+  return {
+    'meta': {'command': ['--recompute', *paths], 'machine': hpr.get('machine')},
+    'peers_before': before,
+    'hpr': hpr,
+    'peers_after': after,
+    'summary': summarize(before, hpr, after),
+  }
 
 
 def _utc() -> str:
@@ -360,10 +405,21 @@ def main() -> None:
   parser.add_argument('--out_dir', help='default benchmarks/results')
   parser.add_argument('--quick', action='store_true', help='a smoke test')
   parser.add_argument('--table', help='print the table of a saved sitting')
+  parser.add_argument(
+    '--recompute',
+    nargs='+',
+    metavar='JSON',
+    help='the table of saved files: PEERS_BEFORE TRAIN_SPEED [PEERS_AFTER]',
+  )
   args = parser.parse_args()
   if args.table:
     with open(args.table) as f:
       print(markdown(json.load(f)))
+    return
+  if args.recompute:
+    if len(args.recompute) not in (2, 3):
+      parser.error('--recompute takes PEERS_BEFORE TRAIN_SPEED [PEERS_AFTER]')
+    print(markdown(recompute(args.recompute)))
     return
   args.peers = [p for p in args.peers.split(',') if p]
   unknown = set(args.peers) - set(PEERS)

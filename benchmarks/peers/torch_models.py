@@ -8,10 +8,12 @@ trainable parameters the notebook's (44,524 and 73,060).
 
 import itertools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from peers import common
 from torch import nn
+
+from peers import common
 
 
 def _hard_sigmoid(x):
@@ -139,3 +141,43 @@ def build(model: str, **kwargs) -> nn.Module:
 
 def trainable_params(module: nn.Module) -> int:
   return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def from_keras(net: nn.Module, keras_model) -> None:
+  """Copies the weights of `keras_models.build(keras, same model)` into
+  `net`, so both compute the same function (a ConvLSTM built with
+  gate='hard_sigmoid', tf_keras' gate)."""
+  weights = {}
+  for layer in keras_model.layers:
+    layer = getattr(layer, 'layer', layer)  # Inside TimeDistributed.
+    weights.setdefault(type(layer).__name__, []).append(layer.get_weights())
+
+  def put(param, value):
+    with torch.no_grad():
+      param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+  if isinstance(net, ConvLSTM):
+    for layer, (kernel, recurrent, bias) in zip(
+      net.layers, weights['ConvLSTM2D'], strict=True
+    ):
+      # (3, 3, C + F, 4F) HWIO -> OIHW; Keras' gates i, f, c, o are ours.
+      both = np.concatenate([kernel, recurrent], 2)
+      put(layer.conv.weight, both.transpose(3, 2, 0, 1))
+      put(layer.conv.bias, bias)
+    ((kernel, bias),) = weights['Dense']
+    # Keras flattens (T, H, W, F), PyTorch (T, F, H, W).
+    f = common.CONVLSTM_FILTERS[-1]
+    size = round((kernel.shape[0] / common.FRAMES / f) ** 0.5)
+    kernel = kernel.reshape(common.FRAMES, size, size, f, -1)
+    kernel = kernel.transpose(0, 3, 1, 2, 4).reshape(-1, kernel.shape[-1])
+  else:
+    for conv, (kernel, bias) in zip(net.convs, weights['Conv2D'], strict=True):
+      put(conv.weight, kernel.transpose(3, 2, 0, 1))
+      put(conv.bias, bias)
+    ((kernel_ih, kernel_hh, bias_lstm),) = weights['LSTM']
+    put(net.lstm.weight_ih_l0, kernel_ih.T)
+    put(net.lstm.weight_hh_l0, kernel_hh.T)
+    put(net.lstm.bias_ih_l0, bias_lstm)
+    ((kernel, bias),) = weights['Dense']
+  put(net.dense.weight, kernel.T)
+  put(net.dense.bias, bias)
