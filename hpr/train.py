@@ -15,7 +15,14 @@ from absl import logging
 from clu import parameter_overview, periodic_actions
 from flax import nnx
 
-from hpr import checkpoint, evaluate, input_pipeline, metrics, parallel
+from hpr import (
+  checkpoint,
+  evaluate,
+  input_pipeline,
+  metrics,
+  parallel,
+  rundirs,
+)
 from hpr.config import validate
 from hpr.errors import UserError
 from hpr.evaluate import evaluate_split
@@ -82,6 +89,8 @@ class _EarlyStopping:
     return {'best': self.best, 'best_step': self.best_step, 'wait': self.wait}
 
 
+# A run that fails before writing anything leaves no empty workdir behind.
+@rundirs.remove_on_failure('workdir')
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, validates every epoch, stops early, tests the best checkpoint.
 

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from absl import logging
 
+from hpr import rundirs
 from hpr.datasets import video_files, video_splits
 from hpr.errors import UserError
 
@@ -131,6 +132,17 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
+
+  def download_and_prepare(self, *args, **kwargs):
+    """TFDS's, except that a preparation that fails (a leaky split, a class
+    without a usable video) leaves no empty dataset folders behind."""
+    downloads = os.path.join(os.fspath(self.data_dir_root), 'downloads')
+    with rundirs.removed_on_failure(
+      self.data_dir,
+      os.path.join(downloads, 'extracted'),
+      os.path.join(downloads, 'manual'),
+    ):
+      return super().download_and_prepare(*args, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
