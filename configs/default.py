@@ -189,6 +189,14 @@ def get_config() -> ml_collections.ConfigDict:
   # gives num_test_clips x num_test_crops clips, averaged as above.
   e.num_test_crops = 1
 
+  # Start the model from another run's checkpoint: 'WORKDIR' (its best
+  # checkpoint) or 'WORKDIR:STEP'. Only the model's arrays are taken
+  # (parameters, batch-norm statistics; they must fit this config's model);
+  # the optimizer, schedule, step and data order start afresh, as in
+  # fine-tuning (Scenic's init_from). Ignored once this run's workdir has a
+  # checkpoint of its own: then it resumes. '' starts from random weights.
+  config.init_from = ''
+
   # Persistent JAX compilation cache, so the second run of a config starts at
   # once. '' turns it off.
   config.jax_cache_dir = '~/.cache/hpr/jax'

@@ -15,7 +15,7 @@ from hpr.errors import ConfigError, UserError
 
 def fail(error: UserError) -> None:
   """Prints one line for a user error and exits with its code."""
-  print(f'hpr: error: {error}', file=sys.stderr)
+  print(f'hpr: {getattr(error, "label", "error")}: {error}', file=sys.stderr)
   sys.exit(error.exit_code)
 
 

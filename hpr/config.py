@@ -248,9 +248,30 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         f'use a multiple of {num_devices}'
       )
   _check_ranges(config.input)
+  if config.init_from:
+    parse_init_from(config.init_from)
   _check_dataset_name(config.dataset.name)
   if config.dataset.name == 'video_folder':
     _check_video_folder(config.dataset.video_folder, config.input.num_frames)
+
+
+def parse_init_from(value: str) -> tuple[str, int | None]:
+  """'WORKDIR[:STEP]' -> (WORKDIR, STEP or None).
+
+  Raises:
+    ConfigError: an empty workdir or a STEP that is not a number >= 0.
+  """
+  workdir, sep, step = value.rpartition(':')
+  if not sep or '/' in step:  # No step: a path (which may hold a colon).
+    workdir, step = value, ''
+  elif not step.isdigit():
+    raise ConfigError(
+      f'init_from: expected WORKDIR or WORKDIR:STEP with a step number, got '
+      f'{value!r}'
+    )
+  if not workdir:
+    raise ConfigError(f'init_from: no workdir in {value!r}')
+  return workdir, int(step) if step else None
 
 
 def _check_video_folder(v: ml_collections.ConfigDict, num_frames: int) -> None:

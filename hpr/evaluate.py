@@ -23,6 +23,7 @@ import numpy as np
 from clu import metric_writers
 
 from hpr import input_pipeline, metrics, parallel
+from hpr import workdir as workdir_lib
 from hpr.errors import UserError
 
 
@@ -308,8 +309,7 @@ def choose_checkpoint(workdir: str, step: int | None):
     ckpts.close()
     raise UserError(f'no checkpoints in {directory}')
   if step is None:
-    meta = ckpts.read_meta(max(steps))
-    step = (meta.get('early_stopping') or {}).get('best_step') or max(steps)
+    step = _best_step(ckpts, steps)
   elif step not in steps:
     ckpts.close()
     raise UserError(
@@ -317,6 +317,21 @@ def choose_checkpoint(workdir: str, step: int | None):
       f'available: {", ".join(map(str, sorted(steps)))}'
     )
   return ckpts, step
+
+
+def _best_step(ckpts, steps: list[int]) -> int:
+  """The best step recorded by the newest readable checkpoint (a damaged
+  newest one is skipped here; restoring it reports the damage)."""
+  from hpr import checkpoint
+
+  for step in sorted(steps, reverse=True):
+    try:
+      meta = ckpts.read_meta(step)
+    except checkpoint.DamagedCheckpoint:
+      continue
+    best = (meta.get('early_stopping') or {}).get('best_step')
+    return best if best in steps else step
+  return max(steps)
 
 
 def evaluate(
@@ -347,6 +362,8 @@ def evaluate(
   mesh = parallel.make_mesh()
   validate(config, num_devices=parallel.num_devices(mesh))
   ckpts, step = choose_checkpoint(workdir, step)
+  if parallel.is_main_process():  # Before the work, not at its end.
+    workdir_lib.make(os.path.join(workdir, 'eval'), 'report directory')
   builder = input_pipeline.get_builder(config.dataset)
   info = input_pipeline.get_dataset_info(config, builder)
   ts = train_state.create_train_state(config, info.num_classes, mesh, 1)

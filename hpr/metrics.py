@@ -6,8 +6,12 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
+from absl import logging
 from clu import metric_writers
 from flax import nnx
+
+from hpr import workdir as workdir_lib
+from hpr.errors import UserError
 
 
 def train_metrics() -> nnx.MultiMetric:
@@ -85,18 +89,15 @@ class MetricLogger:
 
   def truncate_after(self, step: int) -> None:
     """Drops what a resumed run writes again: records beyond `step` and the
-    final test results."""
+    final test results. The file is replaced atomically."""
     if not self.path or not os.path.exists(self.path):
       return
-    with open(self.path) as f:
-      records = [(line, json.loads(line)) for line in f]
     keep = [
-      line
-      for line, r in records
+      json.dumps(r) + '\n'
+      for r in read_jsonl(self.path)
       if r['step'] <= step and not any(k.startswith('test_') for k in r)
     ]
-    with open(self.path, 'w') as f:
-      f.writelines(keep)
+    workdir_lib.write_atomic(self.path, ''.join(keep))
 
   def flush(self) -> None:
     self.writer.flush()
@@ -106,6 +107,30 @@ class MetricLogger:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """The records of a metrics.jsonl file."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of a metrics.jsonl file.
+
+  A torn last line (a run killed while writing it) is dropped with a
+  warning; a damaged line before it is an error.
+
+  Raises:
+    UserError: a line other than the last is not a JSON record.
+  """
+  with open(path, 'rb') as f:
+    lines = f.read().decode(errors='replace').splitlines()
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or 'step' not in record:
+        raise ValueError('not a record with a step')
+    except ValueError as e:
+      if all(not rest.strip() for rest in lines[number:]):
+        logging.warning(
+          'dropping the torn last line %d of %s (%s)', number, path, e
+        )
+        break
+      raise UserError(f'{path} is damaged at line {number} ({e})') from None
+    records.append(record)
+  return records

@@ -4,11 +4,15 @@ Running it again on the same workdir resumes from the latest checkpoint and
 ends with exactly the numbers an uninterrupted run gives.
 """
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -23,8 +27,9 @@ from hpr import (
   parallel,
   rundirs,
 )
-from hpr.config import validate
-from hpr.errors import UserError
+from hpr import workdir as workdir_lib
+from hpr.config import parse_init_from, validate
+from hpr.errors import Interrupted, UserError
 from hpr.evaluate import evaluate_split
 from hpr.train_state import create_train_state, jit_eval_step, jit_train_step
 
@@ -97,15 +102,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Args:
     config: a validated-or-not experiment config (validated here).
     workdir: where config, checkpoints, metrics and events go; an existing
-      run there is resumed.
+      run there is resumed (from its newest intact checkpoint), else the
+      model starts from `config.init_from` if set.
 
   Returns:
     The test split's metrics (see `metrics.classification_metrics`).
+
+  Raises:
+    UserError: a user mistake, another training holding the workdir, or no
+      intact checkpoint to resume from.
+    Interrupted: SIGTERM or SIGINT arrived; a checkpoint was saved at the
+      next step boundary and running again resumes from it.
   """
   mesh = parallel.make_mesh()
   validate(config, num_devices=parallel.num_devices(mesh))
   logging.info('hpr on %s', parallel.describe_devices())
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.make(workdir)
+  # Only process 0 locks: in a multi-process run on one host the processes
+  # share the workdir.
+  lock = (
+    workdir_lib.lock(workdir)
+    if parallel.is_main_process()
+    else contextlib.nullcontext()
+  )
+  with lock, _StopSignals() as stop:
+    return _train_and_evaluate(config, workdir, mesh, stop)
+
+
+def _train_and_evaluate(config, workdir, mesh, stop: '_StopSignals') -> dict:
   _check_workdir(config, workdir)
   builder = input_pipeline.get_builder(config.dataset)
   info = input_pipeline.get_dataset_info(config, builder)
@@ -140,12 +164,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # 'stopped': early stopping ended the run (a larger num_epochs does not
   # restart it; a run that just ran out of epochs continues if raised).
   meta = {'epoch': 0, 'batch': 0, 'stopped': False, 'early_stopping': None}
-  latest = ckpts.latest_step()
-  if latest is not None:
-    tree, meta = ckpts.restore(latest, ts.checkpoint_tree())
+  resumed = ckpts.restore_latest(ts.checkpoint_tree())
+  if resumed is not None:
+    latest, tree, meta = resumed
     ts.load_checkpoint_tree(tree)
-    logger.truncate_after(latest)
     logging.info('Resumed from step %d (epoch %d)', latest, meta['epoch'])
+    if config.init_from:
+      logging.info('init_from is ignored: the run resumes its own checkpoint')
+  elif config.init_from:
+    init_from(ts, config.init_from, workdir)
+  # Records past the checkpoint (or all, starting afresh) are written again.
+  logger.truncate_after(resumed[0] if resumed else 0)
   stopper = _EarlyStopping(t.monitor, t.patience, meta['early_stopping'])
 
   train_fn = jit_train_step(
@@ -173,10 +202,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logger.write(
           step, {f'train_{k}': v for k, v in ts.metrics().compute().items()}
         )
-      if (
-        t.checkpoint_every_steps
-        and step % t.checkpoint_every_steps == 0
-        and batch_index + 1 < steps_per_epoch
+      # At the epoch's last step the epoch-end checkpoint (after
+      # validation) is the one that counts, also when stopping.
+      mid_epoch = batch_index + 1 < steps_per_epoch
+      stopping = mid_epoch and stop.requested()
+      if mid_epoch and (
+        stopping
+        or (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0)
       ):
         meta = {
           'epoch': epoch,
@@ -187,6 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _check_finite(float(loss), step, ckpts)
         ckpts.save(step, ts.checkpoint_tree(), meta)
         logging.info('saved checkpoint at step %d', step)
+      if stopping:
+        _stop(stop, step, ckpts, logger)
     train_scores = ts.metrics().compute()
     _check_finite(float(train_scores['loss']), step, ckpts)
     ts.reset_metrics()
@@ -208,13 +242,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'epoch_seconds': time.time() - epoch_start,
     }
     logger.write(step, scores)
-    stop = stopper.update(scores[t.monitor], step)
+    early = stopper.update(scores[t.monitor], step)
     epoch, start_batch = epoch + 1, 0
     meta = {
       'epoch': epoch,
       'batch': 0,
       'early_stopping': stopper.state(),
-      'stopped': stop,
+      'stopped': early,
     }
     ckpts.save(
       step,
@@ -233,8 +267,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       val['loss'],
       val['accuracy'],
       scores['epoch_seconds'],
-      ' | early stop' if stop else '',
+      ' | early stop' if early else '',
     )
+    if stop.requested():
+      _stop(stop, step, ckpts, logger)
+  if stop.requested():  # Before the test, which a rerun does again.
+    _stop(stop, step, ckpts, logger)
   ckpts.wait()
 
   best = stopper.best_step if stopper.best_step is not None else step
@@ -291,3 +329,117 @@ def _check_finite(loss: float, step: int, ckpts: checkpoint.Checkpoints):
       f'training diverged: loss is {loss} at step {step}; {where}; lower '
       'optimizer.learning_rate or set optimizer.grad_clip_norm'
     )
+
+
+class _StopSignals:
+  """SIGTERM and SIGINT ask the training loop to stop at the next step
+  boundary (after saving a checkpoint) instead of killing it.
+
+  A second signal of the same kind acts as it did before (SIGINT: a
+  KeyboardInterrupt, SIGTERM: the default kill), so a stuck run can still be
+  stopped at once. The previous handlers are back after the block.
+  Signals can only be handled in the main thread; elsewhere nothing changes.
+  """
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self) -> '_StopSignals':
+    if threading.current_thread() is threading.main_thread():
+      for signum in self._SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.signum = signum
+    signal.signal(signum, self._previous[signum])
+    logging.warning(
+      '%s: stopping after the current step, with a checkpoint; send it '
+      'again to stop at once without one',
+      signal.Signals(signum).name,
+    )
+
+  def requested(self) -> bool:
+    """Whether to stop now; in a multi-process run, whether any process
+    got a signal (all of them then stop at the same step)."""
+    if jax.process_count() == 1:
+      return self.signum is not None
+    from jax.experimental import multihost_utils
+
+    signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    if self.signum is None and signums.max():
+      self.signum = int(signums.max())
+    return bool(signums.max())
+
+
+def _stop(
+  stop: _StopSignals,
+  step: int,
+  ckpts: checkpoint.Checkpoints,
+  logger: metrics.MetricLogger,
+) -> None:
+  """Ends a run on a signal, once its checkpoint is on disk."""
+  ckpts.wait()
+  saved = ckpts.latest_step()
+  logger.close()
+  ckpts.close()
+  name = signal.Signals(stop.signum).name
+  raise Interrupted(
+    f'stopped by {name} at step {step}; checkpoint {saved} is saved in '
+    f'{ckpts.directory}: run the same command again to resume',
+    signum=stop.signum,
+  )
+
+
+def init_from(ts, spec: str, workdir: str) -> int:
+  """Starts `ts`'s model from another run's checkpoint (`config.init_from`).
+
+  Only the model's arrays are taken (parameters and batch-norm statistics);
+  the optimizer, step counter and data order start afresh, so the other run
+  may have used another optimizer or schedule.
+
+  Args:
+    ts: a fresh train state of the configured model.
+    spec: 'WORKDIR' (its best checkpoint, else the latest) or 'WORKDIR:STEP'.
+    workdir: this run's workdir (which must not be the source).
+
+  Returns:
+    The step of the checkpoint taken.
+
+  Raises:
+    UserError: no such workdir or step, a damaged checkpoint, or one whose
+      arrays do not fit the configured model (naming the first that
+      differs).
+  """
+  source, step = parse_init_from(spec)
+  if os.path.realpath(source) == os.path.realpath(workdir):
+    raise UserError(
+      f"init_from: {source} is this run's own workdir; a run there resumes "
+      'by itself, without init_from'
+    )
+  try:
+    ckpts, step = evaluate.choose_checkpoint(source, step)
+  except UserError as e:
+    raise UserError(f'init_from: {e}') from None
+  try:
+    tree, _ = ckpts.restore_untyped(step)
+  finally:
+    ckpts.close()
+  what = f'init_from checkpoint {ckpts.directory}/{step}'
+  if not isinstance(tree, dict) or 'model' not in tree:
+    raise UserError(f'{what} holds no model parameters')
+  target = ts.checkpoint_tree()['model']
+  ts.load_checkpoint_tree(
+    {'model': checkpoint.fit_to(tree['model'], target, what)}
+  )
+  logging.info('model initialised from %s (fresh optimizer, step 0)', what)
+  return step

@@ -1,0 +1,178 @@
+"""The files of a workdir that are not checkpoints: its lock and run files.
+
+A training holds WORKDIR/.hpr.lock (an `fcntl.flock` lock) for as long as it
+runs, so a second training in the same workdir is refused at once with the
+first one's pid, host and start time. The operating system drops the lock
+when its process ends, however it ends (a crash, SIGKILL, a lost machine),
+so no stale lock is ever left behind; the file stays, naming the last holder.
+
+Run files (config.json, class_names.json, metrics.jsonl) are replaced
+atomically: a kill in the middle of a rewrite leaves the old file or the new
+one, never half of each.
+"""
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from absl import logging
+
+from hpr.errors import UserError
+
+LOCK_FILE = '.hpr.lock'
+
+
+def make(path: str, what: str = 'workdir') -> None:
+  """Creates the directory `path` (and its parents) and checks that it can
+  be written, before any work whose results would go there.
+
+  Raises:
+    UserError: the directory cannot be created or written.
+  """
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(
+      f'cannot create {what} {path} ({e.strerror or e}); choose a '
+      'directory you can write'
+    ) from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise UserError(
+      f'cannot write to {what} {path} (permission denied); choose a '
+      'directory you can write'
+    )
+
+
+def _holder() -> dict:
+  now = datetime.datetime.now(datetime.UTC)
+  return {
+    'pid': os.getpid(),
+    'host': socket.gethostname(),
+    'started': now.strftime('%Y-%m-%d %H:%M:%S UTC'),
+    'command': ' '.join(sys.argv)[:500],
+  }
+
+
+def _describe(text: str) -> str:
+  try:
+    h = json.loads(text)
+    return f'pid {h["pid"]} on host {h["host"]}, started {h["started"]}'
+  except (ValueError, TypeError, KeyError):
+    # The holder has taken the lock but not written its name yet.
+    return 'a process that is just starting'
+
+
+@contextlib.contextmanager
+def lock(workdir: str, *, what: str = 'training') -> Iterator[None]:
+  """Holds `workdir`'s lock; refuses at once if another process holds it.
+
+  The lock is `fcntl.flock` on WORKDIR/.hpr.lock, released by the operating
+  system when this process ends in any way; the file's content names the
+  holder. On a filesystem without locks (some network filesystems) a warning
+  is logged and nothing is refused.
+
+  Args:
+    workdir: an existing directory.
+    what: the kind of run, for the messages.
+
+  Raises:
+    UserError: another process holds the lock (its pid, host and start
+      time are in the message), or the lock file cannot be written.
+  """
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+  except OSError as e:
+    raise UserError(
+      f'cannot write to workdir {workdir} ({e.strerror or e}); choose a '
+      'directory you can write'
+    ) from e
+  try:
+    locked = True
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      other = _describe(os.pread(fd, 4096, 0).decode(errors='replace'))
+      raise UserError(
+        f'{workdir} is in use by another {what}: {other}; wait for it to '
+        f'end or use another --workdir (lock: {path})'
+      ) from None
+    except OSError as e:  # ENOLCK: the filesystem has no locks.
+      logging.warning(
+        'cannot lock %s (%s): a second %s in this workdir would not be refused',
+        path,
+        e.strerror or e,
+        what,
+      )
+      locked = False
+    if locked:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+    try:
+      yield
+    finally:
+      if locked:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+  finally:
+    os.close(fd)
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Replaces `path` with `text`: readers see the old or the new file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(
+    dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp'
+  )
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
+def read_json(path: str, what: str):
+  """A run file's JSON content.
+
+  Raises:
+    UserError: the file is missing or not valid JSON (one line naming it).
+  """
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise UserError(f'{what} {path} does not exist') from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f'{what} {path} is damaged or unreadable ({e})') from None
+
+
+def read_class_names(workdir: str) -> list[str]:
+  """WORKDIR/class_names.json, checked to be a list of strings.
+
+  Raises:
+    UserError: missing, damaged or not a list of class names.
+  """
+  path = os.path.join(workdir, 'class_names.json')
+  if not os.path.exists(path):
+    raise UserError(f'{workdir} has no class_names.json')
+  names = read_json(path, 'the class names file')
+  if (
+    not isinstance(names, list)
+    or not names
+    or not all(isinstance(n, str) for n in names)
+  ):
+    raise UserError(
+      f'the class names file {path} is damaged: expected a non-empty JSON '
+      'list of class names'
+    )
+  return names
