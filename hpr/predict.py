@@ -31,7 +31,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 
 from hpr import annotate as annotate_lib  # noqa: E402
-from hpr import cli, streaming, video_io  # noqa: E402
+from hpr import cli, rundirs, streaming, video_io  # noqa: E402
 from hpr.errors import UserError  # noqa: E402
 
 # Frames decoded, preprocessed and encoded together.
@@ -91,10 +91,13 @@ def load_predictor(workdir: str, step: int | None = None) -> Predictor:
   from flax import nnx
 
   from hpr import checkpoint, evaluate, train_state
-  from hpr import workdir as workdir_lib
 
   config = evaluate.load_workdir_config(workdir)
-  class_names = workdir_lib.read_class_names(workdir)
+  names_path = os.path.join(workdir, 'class_names.json')
+  if not os.path.exists(names_path):
+    raise UserError(f'{workdir} has no class_names.json')
+  with open(names_path) as f:
+    class_names = json.load(f)
   ckpts, step = evaluate.choose_checkpoint(workdir, step)
   model = train_state.build_model(config, len(class_names))
   model.eval()
@@ -346,23 +349,8 @@ def _print_table(results: list[dict], predictor: Predictor) -> None:
       print(f'  annotated: {r["annotated"]} (timeline {r["timeline"]})')
 
 
-def main(argv: list[str] | None = None) -> None:
-  """The command line; `argv` defaults to sys.argv[1:]."""
-  args = _parser().parse_args(argv)
-  for flag in ('top_k', 'window', 'stride', 'frame_step'):
-    value = getattr(args, flag)
-    if value is not None and value < 1:
-      raise UserError(f'--{flag} must be at least 1, got {value}')
-  for video in args.videos:
-    if os.path.isdir(video):
-      raise UserError(
-        f'{video} is a directory, not a video file (give the videos in it, '
-        f'e.g. {os.path.join(video, "*.mp4")})'
-      )
-    if not os.path.exists(video):
-      raise UserError(f'no such video file: {video}')
-    if not os.path.isfile(video):
-      raise UserError(f'{video} is not a regular file')
+def _predict_all(args) -> tuple[Predictor, list[dict]]:
+  """Predicts the command line's videos: (predictor, results)."""
   outputs = _outputs(args.videos, args.annotate)
   predictor = load_predictor(args.workdir, args.step)
   _check_window(predictor, args.window)
@@ -383,6 +371,30 @@ def main(argv: list[str] | None = None) -> None:
     for warning in result['warnings']:
       print(f'hpr: warning: {warning}', file=sys.stderr)
     results.append(result)
+  return predictor, results
+
+
+def main(argv: list[str] | None = None) -> None:
+  """The command line; `argv` defaults to sys.argv[1:]."""
+  args = _parser().parse_args(argv)
+  for flag in ('top_k', 'window', 'stride', 'frame_step'):
+    value = getattr(args, flag)
+    if value is not None and value < 1:
+      raise UserError(f'--{flag} must be at least 1, got {value}')
+  for video in args.videos:
+    if os.path.isdir(video):
+      raise UserError(
+        f'{video} is a directory, not a video file (give the videos in it, '
+        f'e.g. {os.path.join(video, "*.mp4")})'
+      )
+    if not os.path.exists(video):
+      raise UserError(f'no such video file: {video}')
+    if not os.path.isfile(video):
+      raise UserError(f'{video} is not a regular file')
+  # An --annotate directory made here is removed again if the run fails
+  # before writing in it.
+  with rundirs.removed_on_failure(*filter(None, [args.annotate])):
+    predictor, results = _predict_all(args)
   if args.json:
     for r in results:
       r.pop('probabilities')

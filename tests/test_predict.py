@@ -443,3 +443,13 @@ def test_annotate_into_a_read_only_place_is_one_line(trained_workdir, videos):
         ['--workdir', trained_workdir[1], videos['wave'], f'--annotate={out}']
       )
     assert '\n' not in str(info.value)
+
+
+def test_a_failed_prediction_leaves_no_empty_annotate_directory(
+  trained_workdir, videos, tmp_path
+):
+  empty = _bad_workdir(trained_workdir, tmp_path, 12)
+  out = tmp_path / 'new' / 'annotated'
+  with pytest.raises(UserError, match='no checkpoints in'):
+    predict.main(['--workdir', str(empty), videos['wave'], f'--annotate={out}'])
+  assert not (tmp_path / 'new').exists()
