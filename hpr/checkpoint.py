@@ -273,14 +273,17 @@ class Checkpoints:
 
   def restore_untyped(self, step: int) -> tuple[Any, dict]:
     """Restores `step` as saved, without a target, onto this process's
-    first device, whatever devices saved it (a run trained on 8 GPUs is
-    evaluated or used for prediction on a laptop).
+    first device (in a multi-process run: on every device, replicated),
+    whatever devices saved it (a run trained on 8 GPUs is evaluated or
+    used for prediction on a laptop).
 
     Raises:
       DamagedCheckpoint: it cannot be read back.
     """
+    from hpr import parallel
+
     saved = self.saved_tree(step)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    device = parallel.restore_sharding()
     try:
       abstract = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),

@@ -16,6 +16,12 @@ from hpr.errors import ConfigError, UserError
 def fail(error: UserError) -> None:
   """Prints one line for a user error and exits with its code."""
   print(f'hpr: {getattr(error, "label", "error")}: {error}', file=sys.stderr)
+  if getattr(error, 'exit_now', False):
+    # Skips the exit handlers: JAX's would wait for (and log about) the
+    # peers of a multi-process run that failed to form.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(error.exit_code)
   sys.exit(error.exit_code)
 
 
@@ -60,34 +66,11 @@ def enable_compilation_cache(path: str) -> None:
 
 
 def configure_cpu_devices(count: int, batch_sizes: tuple[int, ...] = ()) -> int:
-  """Splits a CPU-only host into `count` XLA devices (jax_num_cpu_devices).
+  """`hpr.parallel.configure_cpu_devices` for one process (kept for the
+  benchmarks and tools that call it from here)."""
+  from hpr import parallel
 
-  The batch is then sharded over them as over GPUs: XLA:CPU runs each
-  device's step on its own thread, so the many small memory-bound ops of
-  these models use more than one core (+8-27% per training step on 2
-  cores, benchmarks/README.md). Call it before JAX runs anything; it changes
-  nothing on a GPU or TPU host, after JAX has started (then the devices
-  stay as they are), or when XLA_FLAGS already asks for fake CPU devices.
-
-  Args:
-    count: devices wanted (config.cpu_devices); 1 leaves the host whole.
-    batch_sizes: batch sizes that must split evenly: count is lowered to
-      the largest number that divides them all.
-
-  Returns:
-    The count asked of JAX (after lowering), or 0 where nothing was set.
-  """
-  if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
-    return 0
-  while count > 1 and any(size % count for size in batch_sizes):
-    count -= 1
-  import jax
-
-  try:
-    jax.config.update('jax_num_cpu_devices', count)
-  except RuntimeError:  # JAX has started: its devices are fixed.
-    return 0
-  return count
+  return parallel.configure_cpu_devices(count, batch_sizes)
 
 
 def run(main: Callable[[], None]) -> None:

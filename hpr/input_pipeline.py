@@ -5,6 +5,11 @@ decoded. Training batches are shuffled per epoch from (seed, epoch), so the
 position in the stream is just (epoch, batch) and a resumed run sees exactly
 the batches an uninterrupted one would. Evaluation batches are padded to a
 full batch and carry a `mask`, so every example counts exactly once.
+
+In a multi-process run every process reads the same stream of (still
+encoded) examples and decodes only its rows of each global batch
+(`parallel.process_rows`), so the global batches, their order and the
+augmentation are those of a single-process run, whatever the process count.
 """
 
 import dataclasses
@@ -18,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from hpr import video_ops
+from hpr import parallel, video_ops
 from hpr.errors import UserError
 
 # Keys a batch carries to the devices; others stay on the host.
@@ -84,6 +89,8 @@ def get_builder(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     if jax.process_index() == 0:
       builder.download_and_prepare()
     _sync('dataset prepared')
+    if jax.process_index() != 0:  # Read what process 0 prepared.
+      return get_builder(dataset)
   return builder
 
 
@@ -222,6 +229,20 @@ def _with_seeds(ds: tf.data.Dataset, seed: int, salt: int) -> tf.data.Dataset:
   return ds.enumerate().map(add)
 
 
+def _rows(ds: tf.data.Dataset, batch_size: int, rows: tuple[int, int]):
+  """Keeps the elements at rows [start, stop) of every `batch_size` in a
+  row: this process's part of each global batch."""
+  start, stop = rows
+  if (start, stop) == (0, batch_size):
+    return ds
+
+  def mine(i, _):
+    row = i % batch_size
+    return (row >= start) & (row < stop)
+
+  return ds.enumerate().filter(mine).map(lambda _, ex: ex)
+
+
 def train_batches(
   config: ml_collections.ConfigDict,
   builder: tfds.core.DatasetBuilder,
@@ -232,24 +253,30 @@ def train_batches(
   """This process's training batches of one epoch, from `start_batch` on.
 
   Yields:
-    {'video': float32 (b, T, S, S, 3), 'label': int32 (b,)} with b the
-    per-process batch size; the last partial batch is dropped.
+    {'video': float32 (b, T, S, S, 3), 'label': int32 (b,)}: this process's
+    rows of each global batch (b = training.batch_size in a single-process
+    run); the last partial global batch is dropped.
   """
-  batch_size = config.training.batch_size // jax.process_count()
-  split = tfds.split_for_jax_process(config.dataset.train_split)
+  global_size = config.training.batch_size
+  rows = parallel.process_rows(global_size)
+  split = config.dataset.train_split
+  num_batches = builder.info.splits[split].num_examples // global_size
   epoch_seed = config.seed * 100_003 + epoch
   ds = _with_seeds(_read(builder, split, epoch_seed), config.seed, epoch)
   ds = ds.shuffle(
     config.input.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False
   )
-  ds = ds.skip(start_batch * batch_size)
+  # Whole global batches only, or the processes would disagree on the count.
+  ds = ds.take(num_batches * global_size).skip(start_batch * global_size)
+  ds = _rows(ds, global_size, rows)
   ds = ds.map(
     video_ops.compose(preprocess_ops(config, training=True)),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
   ds = ds.map(lambda ex: {'video': ex['video'], 'label': ex['label']})
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  ds = ds.batch(rows[1] - rows[0], drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
   yield from ds.with_options(_options()).as_numpy_iterator()
 
 
@@ -265,27 +292,17 @@ def steps_per_epoch(
   config: ml_collections.ConfigDict, info: DatasetInfo
 ) -> int:
   """Training steps in one epoch (the last partial batch is dropped)."""
-  per_process = info.num_examples[config.dataset.train_split] // (
-    jax.process_count()
-  )
-  return per_process // (config.training.batch_size // jax.process_count())
+  examples = info.num_examples[config.dataset.train_split]
+  return examples // config.training.batch_size
 
 
 def num_eval_batches(
   builder, split: str, batch_size: int, num_views: int = 1
 ) -> int:
-  """Batches every process yields for `split`: the largest process's count."""
-  parts = tfds.even_splits(split, n=jax.process_count(), drop_remainder=False)
-  most = max(builder.info.splits[p].num_examples for p in parts)
-  return max(1, math.ceil(most * num_views / batch_size))
-
-
-def _first_index(builder, split: str) -> int:
-  """Position in `split` of this process's first example."""
-  parts = tfds.even_splits(split, n=jax.process_count(), drop_remainder=False)
-  return sum(
-    builder.info.splits[p].num_examples for p in parts[: jax.process_index()]
-  )
+  """Global batches of `batch_size` clips that `split` fills (the last one
+  padded); every process yields that many."""
+  clips = builder.info.splits[split].num_examples * num_views
+  return max(1, math.ceil(clips / batch_size))
 
 
 def eval_batches(
@@ -298,8 +315,11 @@ def eval_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's evaluation batches of `split`, padded and masked.
 
-  Every process yields the same number of batches (padding-only batches where
-  its share runs out), as a multi-process step needs. With `num_views` x
+  Each is this process's rows of a global batch of eval.batch_size clips in
+  dataset order (the whole batch in a single-process run), so gathering
+  them gives the single-process order. Every process yields the same number
+  of batches (padding-only ones where its rows run out), as a multi-process
+  step needs. With `num_views` x
   `num_crops` > 1, each example gives that many clips in a row (temporal
   views, see `video_ops.frame_indices`, each in `num_crops` spatial crops,
   see `video_ops.center_crop`), all with the example's `index`.
@@ -309,18 +329,11 @@ def eval_batches(
      'index': int32 (b,) position of the example in `split`,
      'mask': bool (b,)}: mask is False for padding.
   """
-  batch_size = config.eval.batch_size // jax.process_count()
-  first = _first_index(builder, split)
-  ds = _with_seeds(
-    _read(
-      builder, tfds.split_for_jax_process(split, drop_remainder=False), None
-    ),
-    config.seed,
-    -1,
-  )
-  ds = ds.enumerate().map(
-    lambda i, ex: {**ex, 'index': tf.cast(i + first, tf.int32)}
-  )
+  global_size = config.eval.batch_size
+  rows = parallel.process_rows(global_size)
+  batch_size = rows[1] - rows[0]
+  ds = _with_seeds(_read(builder, split, None), config.seed, -1)
+  ds = ds.enumerate().map(lambda i, ex: {**ex, 'index': tf.cast(i, tf.int32)})
   clips = num_views * num_crops
   if clips > 1:
     ds = ds.flat_map(
@@ -332,6 +345,7 @@ def eval_batches(
         }
       )
     )
+  ds = _rows(ds, global_size, rows)
   ds = ds.map(
     video_ops.compose(
       preprocess_ops(
@@ -343,7 +357,7 @@ def eval_batches(
   )
   ds = ds.map(lambda ex: {k: ex[k] for k in ('video', 'label', 'index')})
   ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(_options())
-  total = num_eval_batches(builder, split, batch_size, clips)
+  total = num_eval_batches(builder, split, global_size, clips)
   shape = (
     batch_size,
     config.input.num_frames,

@@ -50,12 +50,36 @@ flags.DEFINE_integer(
   None,
   'With --mode=evaluate: the checkpoint step to evaluate (default: the best).',
 )
+# Multi-process runs (docs/launching.md); hpr.parallel.initialize.
+flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'host:port of process 0 in a multi-process run '
+  '(default: $JAX_COORDINATOR_ADDRESS, or what SLURM / a TPU VM says).',
+)
+flags.DEFINE_integer(
+  'num_processes',
+  None,
+  'Processes in a multi-process run (default: $JAX_NUM_PROCESSES, or what '
+  'SLURM / a TPU VM says; 1 forces a single-process run).',
+)
+flags.DEFINE_integer(
+  'process_id',
+  None,
+  'This process, 0..num_processes-1 (default: $JAX_PROCESS_ID, or what '
+  'SLURM / a TPU VM says).',
+)
+flags.DEFINE_integer(
+  'initialization_timeout',
+  300,
+  'Seconds the processes of a multi-process run wait for each other to '
+  'connect; then each ends with one error line.',
+)
 flags.DEFINE_bool(
   'jax_distributed',
   False,
-  'Call jax.distributed.initialize()'
-  ' (multi-process runs; also when JAX_COORDINATOR_ADDRESS '
-  'is set).',
+  'Let jax.distributed.initialize() detect the launcher (Open MPI, '
+  'Kubernetes) where hpr does not see one (it sees SLURM and TPU VMs).',
 )
 
 
@@ -138,16 +162,24 @@ class _QuietLibraries:
 
 
 def _setup(config) -> None:
-  import jax
   import tensorflow as tf
+
+  from hpr import parallel
 
   # Hide GPUs from TF, otherwise it reserves their memory, which JAX needs;
   # TF only reads and preprocesses data here.
   tf.config.set_visible_devices([], 'GPU')
-  if FLAGS.jax_distributed or 'JAX_COORDINATOR_ADDRESS' in os.environ:
-    jax.distributed.initialize()
-  cli.configure_cpu_devices(
-    config.cpu_devices, (config.training.batch_size, config.eval.batch_size)
+  num_processes = parallel.initialize(
+    FLAGS.coordinator_address,
+    FLAGS.num_processes,
+    FLAGS.process_id,
+    timeout_s=FLAGS.initialization_timeout,
+    detect=FLAGS.jax_distributed,
+  )
+  parallel.configure_cpu_devices(
+    config.cpu_devices,
+    (config.training.batch_size, config.eval.batch_size),
+    num_processes,
   )
   cli.enable_compilation_cache(config.jax_cache_dir)
   logging.info('glibc malloc settings: %s', malloc_tuning.describe())
