@@ -35,10 +35,63 @@ from hpr.errors import ConfigError, UserError  # noqa: E402
 def read(path: str, num_frames: int | None = None) -> keras_convert.Imported:
   """Reads a Keras .h5 or .keras file as an hpr model description.
 
+  The arrays are read only once the shapes the file declares are those of
+  the model its architecture describes (and within keras_format's bounds),
+  so a file cannot make hpr allocate more than that model's parameters.
+
   Raises:
-    UserError: the file cannot be read or holds a model hpr cannot express.
+    UserError: the file cannot be read, holds a model hpr cannot express,
+      or declares arrays of other shapes than its architecture gives.
   """
-  return keras_convert.convert(keras_format.read(path), num_frames)
+  with keras_format.open_model(path) as model:
+    imported = keras_convert.convert(model, num_frames)
+    _, expected = _abstract_model(imported)
+    _check_declared_shapes(imported, expected)
+    return keras_convert.read_params(imported)
+
+
+def _abstract_model(imported: keras_convert.Imported, seed: int = 0):
+  """The hpr model `imported` describes, built abstractly (shapes only), and
+  its parameters' pure dict."""
+  from flax import nnx
+
+  from hpr import models
+
+  try:
+    model = nnx.eval_shape(
+      lambda: models.build_model(
+        imported.name,
+        imported.kwargs,
+        num_classes=imported.num_classes,
+        input_shape=input_shape(imported),
+        rngs=nnx.Rngs(seed),
+      )
+    )
+  except ValueError as e:  # The model rejects its arguments or input size.
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise UserError(
+      f'{imported.source.path}: hpr cannot build the {imported.name} model '
+      f'it describes: {first}'
+    ) from e
+  return model, nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def _check_declared_shapes(imported: keras_convert.Imported, expected) -> None:
+  """Refuses arrays whose declared shape is not the architecture's."""
+  import jax
+
+  want = {
+    jax.tree_util.keystr(k): v
+    for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]
+  }
+  for key, array in jax.tree_util.tree_flatten_with_path(imported.params)[0]:
+    shape = want.get(jax.tree_util.keystr(key))
+    if shape is not None and tuple(shape.shape) != tuple(array.shape):
+      raise UserError(
+        f'{imported.source.path}: {array.layer} weight {array.name!r} '
+        f'declares shape {tuple(array.shape)}, but the architecture in the '
+        f'file gives {tuple(shape.shape)}; nothing was read'
+      )
 
 
 def input_shape(imported: keras_convert.Imported) -> tuple[int, ...]:
@@ -62,20 +115,12 @@ def load_module(path: str, num_frames: int | None = None, *, seed: int = 0):
   import jax.numpy as jnp
   from flax import nnx
 
-  from hpr import checkpoint, models
+  from hpr import checkpoint
 
   imported = read(path, num_frames)
   # Built abstractly: random initialisation would compile a kernel per
   # parameter shape (seconds on CPU) only for its values to be replaced.
-  model = nnx.eval_shape(
-    lambda: models.build_model(
-      imported.name,
-      imported.kwargs,
-      num_classes=imported.num_classes,
-      input_shape=input_shape(imported),
-      rngs=nnx.Rngs(seed),
-    )
-  )
+  model, _ = _abstract_model(imported, seed)
   params = nnx.state(model, nnx.Param)
   fitted = checkpoint.fit_to(imported.params, nnx.to_pure_dict(params), path)
   nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, fitted))

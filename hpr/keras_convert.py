@@ -1,11 +1,13 @@
 """Maps a saved Keras Sequential model onto hpr's ConvLSTMClassifier or LRCN.
 
-`convert(keras_format.read(path))` gives the model's name and constructor
-keywords (the config's model section), the clip shape and the parameters as
-an nnx pure dict. Only layers and options that hpr's models compute exactly
+`convert(model)` of a `keras_format.open_model(path)` gives the model's name
+and constructor keywords (the config's model section), the clip shape and
+the parameters as an nnx pure dict of the file's declared arrays;
+`read_params` reads them (once their shapes are checked). Only layers and options that hpr's models compute exactly
 as Keras does are accepted, so softmax(hpr logits) equals the Keras output;
-anything else raises a one-line `UserError` naming the layer and option and
-what hpr supports. 'hard_sigmoid' means what the saving Keras meant: Keras 2's
+anything else, and options of the wrong type (a file is untrusted input),
+raises a one-line `UserError` naming the layer and option and what hpr
+supports. 'hard_sigmoid' means what the saving Keras meant: Keras 2's
 clip(0.2 x + 0.5, 0, 1) or Keras 3's relu6(x + 3) / 6.
 """
 
@@ -108,7 +110,7 @@ class Imported:
   num_frames: int
   image_size: int
   num_classes: int
-  params: dict
+  params: dict  # keras_format.Array leaves until read_params.
   source: keras_format.Model
 
 
@@ -123,6 +125,40 @@ def _value(value):
 def _option(layer: Layer, option: str, default=None):
   config = layer.inner.config if layer.inner else layer.config
   return _value(config.get(option, default))
+
+
+def _positive_int(layer: Layer, option: str) -> int:
+  value = _option(layer, option)
+  if type(value) is not int or value < 1:
+    raise UserError(
+      f'{layer.describe()}: {option}={value!r} is not a positive integer'
+    )
+  return value
+
+
+def _sizes(layer: Layer, option: str, n: int) -> tuple[int, ...]:
+  """A window option: n positive integers (one int means n of them)."""
+  value = _option(layer, option)
+  if type(value) is int:
+    value = (value,) * n
+  if (
+    not isinstance(value, tuple)
+    or len(value) != n
+    or not all(type(v) is int and v > 0 for v in value)
+  ):
+    raise UserError(
+      f'{layer.describe()}: {option}={value!r} is not {n} positive integers'
+    )
+  return value
+
+
+def _fraction(layer: Layer, option: str) -> float:
+  value = _option(layer, option, 0.0)
+  if type(value) not in (int, float) or not 0 <= value < 1:
+    raise UserError(
+      f'{layer.describe()}: {option}={value!r} is not a rate in [0, 1)'
+    )
+  return float(value)
 
 
 def _fail(layer: Layer, option: str, value, supported) -> UserError:
@@ -180,9 +216,10 @@ def _activation(layer: Layer, option: str, keras_major: int) -> str:
 def _pool(layer: Layer, padding: str) -> tuple[int, int]:
   """(ph, pw) of a MaxPooling3D((1, ph, pw)) or TimeDistributed(
   MaxPooling2D((ph, pw))) whose strides equal its window."""
-  window = _option(layer, 'pool_size')
-  if layer.class_name == 'MaxPooling3D':
-    if len(window) != 3 or window[0] != 1:
+  three = layer.class_name == 'MaxPooling3D'
+  window = _sizes(layer, 'pool_size', 3 if three else 2)
+  if three:
+    if window[0] != 1:
       raise _fail(layer, 'pool_size', window, ['(1, ph, pw)'])
     window = window[1:]
   else:
@@ -196,7 +233,7 @@ def _pool(layer: Layer, padding: str) -> tuple[int, int]:
 
 
 def _dropout(layer: Layer | None) -> float:
-  return 0.0 if layer is None else float(_option(layer, 'rate'))
+  return 0.0 if layer is None else _fraction(layer, 'rate')
 
 
 def _blocks(steps, first: str, pool_kinds: tuple, shape: str):
@@ -273,8 +310,10 @@ def _convlstm(steps, keras_major: int):
   if rest:
     _expect(rest, (), _CONVLSTM_SHAPE)
   kwargs = {
-    'filters': tuple(int(_option(m, 'filters')) for m, _, _ in blocks),
-    'kernel_size': _shared(blocks, 'kernel_size'),
+    'filters': tuple(_positive_int(m, 'filters') for m, _, _ in blocks),
+    'kernel_size': _shared(
+      blocks, 'kernel_size', lambda m: _sizes(m, 'kernel_size', 2)
+    ),
     'padding': _shared(blocks, 'padding'),
     'activation': _shared(
       blocks, 'activation', lambda m: _activation(m, 'activation', keras_major)
@@ -284,7 +323,11 @@ def _convlstm(steps, keras_major: int):
       'recurrent_activation',
       lambda m: _activation(m, 'recurrent_activation', keras_major),
     ),
-    'recurrent_dropout': float(_shared(blocks, 'recurrent_dropout')),
+    'recurrent_dropout': _shared(
+      blocks,
+      'recurrent_dropout',
+      lambda m: _fraction(m, 'recurrent_dropout'),
+    ),
     'pool_size': _same(
       [(p, _pool(p, 'same')) for _, p, _ in blocks], 'pool_size'
     ),
@@ -312,11 +355,13 @@ def _lrcn(steps):
       raise _fail(pool, 'pool_size', (ph, pw), ['(p, p)'])
     pools.append(ph)
   kwargs = {
-    'conv_features': tuple(int(_option(m, 'filters')) for m, _, _ in blocks),
-    'kernel_size': _shared(blocks, 'kernel_size'),
+    'conv_features': tuple(_positive_int(m, 'filters') for m, _, _ in blocks),
+    'kernel_size': _shared(
+      blocks, 'kernel_size', lambda m: _sizes(m, 'kernel_size', 2)
+    ),
     'pool_sizes': tuple(pools),
     'dropout': _dropout_rate(blocks),
-    'lstm_features': int(_option(lstm, 'units')),
+    'lstm_features': _positive_int(lstm, 'units'),
     'readout': 'last',
   }
   convs = {i: _arrays(m, _DENSE_ARRAYS) for i, (m, _, _) in enumerate(blocks)}
@@ -337,7 +382,7 @@ def convert(model: keras_format.Model, num_frames: int | None = None):
   """Maps a read Keras model onto hpr's ConvLSTMClassifier or LRCN.
 
   Args:
-    model: from `keras_format.read`.
+    model: from `keras_format.open_model` (or `read`).
     num_frames: clip length, needed only if the model leaves it open.
 
   Returns:
@@ -390,13 +435,20 @@ def convert(model: keras_format.Model, num_frames: int | None = None):
     kwargs=kwargs,
     num_frames=int(frames),
     image_size=int(height),
-    num_classes=int(_option(dense, 'units')),
-    params=_float32(params),
+    num_classes=_positive_int(dense, 'units'),
+    params=params,
     source=model,
   )
+
+
+def read_params(imported: Imported) -> Imported:
+  """`imported` with its parameters read, as float32 numpy arrays."""
+  return dataclasses.replace(imported, params=_float32(imported.params))
 
 
 def _float32(tree):
   if isinstance(tree, dict):
     return {k: _float32(v) for k, v in tree.items()}
+  if isinstance(tree, keras_format.Array):
+    tree = tree.read()
   return np.asarray(tree, np.float32)
