@@ -64,10 +64,15 @@ def _short(value) -> str:
 def _write_config(config, workdir, info) -> None:
   if not parallel.is_main_process():
     return
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json(indent=2))
-  with open(os.path.join(workdir, 'class_names.json'), 'w') as f:
-    json.dump(list(info.class_names), f)
+  # Replaced whole: the other processes of a multi-process run may be
+  # reading the previous config.json (_check_workdir) meanwhile.
+  workdir_lib.write_atomic(
+    os.path.join(workdir, 'config.json'), config.to_json(indent=2)
+  )
+  workdir_lib.write_atomic(
+    os.path.join(workdir, 'class_names.json'),
+    json.dumps(list(info.class_names)),
+  )
 
 
 class _EarlyStopping:
