@@ -15,9 +15,9 @@ import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator
 
-# hpr.workdir's lock file: a failed run's workdir holds nothing else, and
-# this process made it (the lock is free again once the run has failed).
-LOCK_FILE = '.hpr.lock'
+# A failed training's new workdir holds nothing but its lock file, free
+# again once the run has failed.
+from hpr.workdir import LOCK_FILE
 
 
 def missing(paths: Iterable[str]) -> list[str]:
