@@ -249,8 +249,12 @@ def train_batches(
   *,
   epoch: int,
   start_batch: int = 0,
+  rows: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's training batches of one epoch, from `start_batch` on.
+
+  `rows` [start, stop) of each global batch are loaded (default: this
+  process's, `parallel.process_rows`).
 
   Yields:
     {'video': float32 (b, T, S, S, 3), 'label': int32 (b,)}: this process's
@@ -258,7 +262,7 @@ def train_batches(
     run); the last partial global batch is dropped.
   """
   global_size = config.training.batch_size
-  rows = parallel.process_rows(global_size)
+  rows = rows or parallel.process_rows(global_size)
   split = config.dataset.train_split
   num_batches = builder.info.splits[split].num_examples // global_size
   epoch_seed = config.seed * 100_003 + epoch
@@ -312,12 +316,13 @@ def eval_batches(
   *,
   num_views: int = 1,
   num_crops: int = 1,
+  rows: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's evaluation batches of `split`, padded and masked.
 
-  Each is this process's rows of a global batch of eval.batch_size clips in
-  dataset order (the whole batch in a single-process run), so gathering
-  them gives the single-process order. Every process yields the same number
+  Each is this process's rows (or `rows` [start, stop)) of a global batch
+  of eval.batch_size clips in dataset order (the whole batch in a
+  single-process run), so gathering them gives the single-process order. Every process yields the same number
   of batches (padding-only ones where its rows run out), as a multi-process
   step needs. With `num_views` x
   `num_crops` > 1, each example gives that many clips in a row (temporal
@@ -330,7 +335,7 @@ def eval_batches(
      'mask': bool (b,)}: mask is False for padding.
   """
   global_size = config.eval.batch_size
-  rows = parallel.process_rows(global_size)
+  rows = rows or parallel.process_rows(global_size)
   batch_size = rows[1] - rows[0]
   ds = _with_seeds(_read(builder, split, None), config.seed, -1)
   ds = ds.enumerate().map(lambda i, ex: {**ex, 'index': tf.cast(i, tf.int32)})

@@ -279,15 +279,24 @@ def configure_cpu_devices(
   """
   if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
     return 0
-  while count > 1 and any(
-    size % (count * num_processes) for size in batch_sizes
-  ):
-    count -= 1
+  count = cpu_device_count(count, batch_sizes, num_processes)
   try:
     jax.config.update('jax_num_cpu_devices', count)
   except RuntimeError:  # JAX has started: its devices are fixed.
     return 0
   return count
+
+
+def cpu_device_count(
+  count: int, batch_sizes: tuple[int, ...], num_processes: int = 1
+) -> int:
+  """The largest count <= `count` (at least 1) of devices per process for
+  which `num_processes` x count divides every global batch size."""
+  while count > 1 and any(
+    size % (count * num_processes) for size in batch_sizes
+  ):
+    count -= 1
+  return max(count, 1)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

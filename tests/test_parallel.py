@@ -1,5 +1,7 @@
 """The data-parallel step: 8 fake CPU devices equal 1 device."""
 
+import re
+
 import jax
 import numpy as np
 import optax
@@ -73,3 +75,143 @@ def test_eval_step_output_is_sharded_over_the_batch():
   assert logits.shape == (8, 5)
   assert len(logits.sharding.device_set) == 8
   assert not logits.sharding.is_fully_replicated
+
+
+def test_one_process_loads_every_row_of_a_batch():
+  assert parallel.process_rows(8) == (0, 8)
+  assert parallel.process_batch_size(8) == 8
+
+
+def test_mesh_orders_devices_by_process():
+  mesh = parallel.make_mesh()
+  order = [(d.process_index, d.id) for d in mesh.devices]
+  assert order == sorted(order)
+
+
+@pytest.mark.parametrize(
+  ('count', 'batch_sizes', 'processes', 'expected'),
+  [
+    (4, (8, 8), 2, 4),  # 2 x 4 devices split a batch of 8.
+    (8, (8,), 2, 4),  # 2 x 8 would not: 4 per process.
+    (4, (8, 12), 2, 2),  # 12 = 2 x 2 x 3.
+    (3, (8,), 3, 1),  # 3 processes never split 8: one device each.
+  ],
+)
+def test_cpu_device_count_splits_global_batches_over_all_processes(
+  count, batch_sizes, processes, expected
+):
+  assert parallel.cpu_device_count(count, batch_sizes, processes) == expected
+
+
+def test_single_process_run_initializes_nothing(monkeypatch):
+  for name in (
+    'JAX_COORDINATOR_ADDRESS',
+    'JAX_NUM_PROCESSES',
+    'JAX_PROCESS_ID',
+  ):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.delenv('SLURM_JOB_ID', raising=False)
+  assert parallel.initialize() == 1
+  # An explicit single process skips a detected launcher too.
+  assert parallel.initialize(num_processes=1) == 1
+  assert not jax.distributed.is_initialized()
+
+
+@pytest.mark.parametrize(
+  ('kwargs', 'env', 'message'),
+  [
+    ({'num_processes': 2, 'process_id': 2}, {}, 'process_id 2 is outside 0..1'),
+    ({'num_processes': 0, 'process_id': 0}, {}, 'at least 1'),
+    (
+      {'coordinator_address': 'localhost', 'num_processes': 2, 'process_id': 0},
+      {},
+      'needs a port',
+    ),
+    ({}, {'JAX_NUM_PROCESSES': 'two'}, "JAX_NUM_PROCESSES='two'"),
+    (
+      {},
+      {
+        'JAX_COORDINATOR_ADDRESS': 'localhost:1',
+        'JAX_NUM_PROCESSES': '2',
+        'JAX_PROCESS_ID': '-1',
+      },
+      'process_id -1',
+    ),
+  ],
+)
+def test_bad_process_settings_are_one_line_config_errors(
+  monkeypatch, kwargs, env, message
+):
+  from hpr.errors import ConfigError
+
+  for name in (
+    'JAX_COORDINATOR_ADDRESS',
+    'JAX_NUM_PROCESSES',
+    'JAX_PROCESS_ID',
+  ):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    parallel.initialize(timeout_s=1, **kwargs)
+  assert not jax.distributed.is_initialized()
+
+
+def _pipeline_config(data_dir):
+  from tests.conftest import tiny_config
+
+  config = tiny_config(data_dir)
+  config.input.shuffle_buffer = 64
+  return config
+
+
+def test_processes_rows_make_up_the_single_process_train_batches(data_dir):
+  """Two processes' rows of each global batch, side by side, are the batch
+  a single process loads: same examples, order and augmentation."""
+  from hpr import input_pipeline
+
+  config = _pipeline_config(data_dir)
+  builder = input_pipeline.get_builder(config.dataset)
+
+  def batches(rows):
+    return list(
+      input_pipeline.train_batches(
+        config, builder, epoch=1, start_batch=1, rows=rows
+      )
+    )
+
+  whole, first, second = batches((0, 8)), batches((0, 4)), batches((4, 8))
+  # 36 examples: 4 global batches of 8, the first one skipped (a resume).
+  assert len(whole) == len(first) == len(second) == 3
+  for w, a, b in zip(whole, first, second, strict=True):
+    assert a['video'].shape[0] == b['video'].shape[0] == 4
+    for key in ('video', 'label'):
+      np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), w[key])
+
+
+def test_processes_rows_make_up_the_single_process_eval_batches(data_dir):
+  """Evaluation: every example exactly once over the processes, in
+  dataset order, padding where a process's rows run out."""
+  from hpr import input_pipeline
+
+  config = _pipeline_config(data_dir)
+  builder = input_pipeline.get_builder(config.dataset)
+  split = config.dataset.eval_split  # 12 examples: batches of 8 and 4.
+
+  def batches(rows):
+    return list(input_pipeline.eval_batches(config, builder, split, rows=rows))
+
+  whole, first, second = batches((0, 8)), batches((0, 4)), batches((4, 8))
+  assert len(whole) == len(first) == len(second) == 2
+  # The second global batch holds 4 examples, all in the first rows.
+  assert first[1]['mask'].all() and not second[1]['mask'].any()
+  for w, a, b in zip(whole, first, second, strict=True):
+    for key in input_pipeline.EVAL_KEYS:
+      np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), w[key])
+  index = np.concatenate(
+    [
+      np.concatenate([a['index'][a['mask']], b['index'][b['mask']]])
+      for a, b in zip(first, second, strict=True)
+    ]
+  )
+  np.testing.assert_array_equal(index, np.arange(12))
