@@ -399,8 +399,8 @@ def _stop(
   ckpts.close()
   name = signal.Signals(stop.signum).name
   raise Interrupted(
-    f'stopped by {name} at step {step}; checkpoint {saved} is saved in '
-    f'{ckpts.directory}: run the same command again to resume',
+    f'{name} at step {step}: checkpoint {saved} is saved in '
+    f'{ckpts.directory}; run the same command again to resume',
     signum=stop.signum,
   )
 
