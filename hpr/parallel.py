@@ -49,7 +49,13 @@ def _env_int(name: str) -> int | None:
 
 def _slurm_step_has_several_tasks() -> bool:
   # The variables jax's own SLURM detection reads (jax/_src/clusters).
-  needed = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_PROCID')
+  needed = (
+    'SLURM_JOB_ID',
+    'SLURM_STEP_NODELIST',
+    'SLURM_NTASKS',
+    'SLURM_PROCID',
+    'SLURM_LOCALID',
+  )
   if not all(name in os.environ for name in needed):
     return False
   return (_env_int('SLURM_NTASKS') or 1) > 1
@@ -124,20 +130,31 @@ def _check_process_counts(num_processes: int, timeout_s: int) -> None:
 
   client = jax_distributed.global_state.client
   pid = jax_distributed.global_state.process_id
-  client.key_value_set(f'hpr/num_processes/{pid}', str(num_processes))
-  peers = range(num_processes) if pid == 0 else (0,)
-  for peer in peers:
-    theirs = int(
-      client.blocking_key_value_get(
-        f'hpr/num_processes/{peer}', timeout_s * 1000
+  problem = None
+  try:
+    client.key_value_set(f'hpr/num_processes/{pid}', str(num_processes))
+    for peer in range(num_processes) if pid == 0 else (0,):
+      theirs = int(
+        client.blocking_key_value_get(
+          f'hpr/num_processes/{peer}', timeout_s * 1000
+        )
       )
+      if theirs != num_processes and problem is None:
+        problem = (
+          f'process {pid} was started with {num_processes} processes, '
+          f'process {peer} with {theirs}: start every process with the same '
+          '--num_processes'
+        )
+    # Process 0 serves the coordinator: it leaves only once every process
+    # has read what it needs.
+    client.wait_at_barrier('hpr/num_processes', timeout_s * 1000)
+  except Exception as e:  # noqa: BLE001 (jaxlib's runtime errors)
+    problem = problem or (
+      f'the processes could not compare their --num_processes within '
+      f'{timeout_s} s ({str(e).strip().splitlines()[0][:200]})'
     )
-    if theirs != num_processes:
-      raise ProcessSetupError(
-        f'process {pid} was started with {num_processes} processes, process '
-        f'{peer} with {theirs}: start every process with the same '
-        '--num_processes'
-      )
+  if problem:
+    raise ProcessSetupError(problem)
 
 
 def initialize(
@@ -239,6 +256,12 @@ def initialize(
       f'the coordinator{where} within {timeout_s} s: check the address '
       '(process 0 serves it), that every process was started, with the same '
       '--num_processes and its own --process_id'
+      + (
+        ' (SLURM: start one task per process with srun, or pass '
+        '--num_processes=1)'
+        if launcher == 'SLURM' and not explicit
+        else ''
+      )
     ) from None
   from jax._src import distributed as jax_distributed
 
