@@ -220,13 +220,13 @@ def markdown(sitting: dict) -> str:
     + {True: 'yes', False: 'no', None: 'not every cell has a peer'}[verdict]
   )
   failed = [
-    f'{e["framework"]}/{e["model"]} ({e["status"]})'
+    f'{e["framework"]}/{e["model"]} ({e.get("incomplete") or e["status"]})'
     for key in ('peers_before', 'peers_after')
     for e in sitting.get(key) or ()
-    if e.get('status', 'ok') != 'ok'
+    if e.get('status', 'ok') != 'ok' or e.get('incomplete')
   ]
   if failed:
-    foot += '. Failed: ' + ', '.join(failed)
+    foot += '. Failed or cut short: ' + ', '.join(failed)
   return '\n'.join([head, '', *rows, '', foot])
 
 
@@ -340,10 +340,17 @@ def peer_pass(args, name: str) -> Iterator[list[dict]]:
       log(f'[{name}] {framework}/{model} ...')
       t0 = time.perf_counter()
       load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
-      status, line = _run(cmd, args.timeout)
-      entry = {'framework': framework, 'model': model, 'status': status}
+      with tempfile.TemporaryDirectory() as tmp:
+        partial = os.path.join(tmp, 'peer.json')
+        status, line = _run([*cmd, f'--json={partial}'], args.timeout)
+        entry = {'framework': framework, 'model': model, 'status': status}
+        if status != 'ok' and os.path.exists(partial):
+          # The batch sizes it finished before it failed or ran out of time.
+          with open(partial) as f:
+            entry.update(json.load(f), status='ok', incomplete=status)
       if status == 'ok':
         entry.update(json.loads(line))
+      if entry['status'] == 'ok':
         speeds = ', '.join(
           f'b{b} {t["clips_per_s"]:.1f}' for b, t in entry['train'].items()
         )
@@ -356,6 +363,10 @@ def peer_pass(args, name: str) -> Iterator[list[dict]]:
 
 
 def hpr_pass(args) -> dict:
+  if args.hpr_json:
+    log(f'[hpr] from {args.hpr_json}')
+    with open(args.hpr_json) as f:
+      return json.load(f)
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'train_speed.json')
     cmd = [
@@ -402,6 +413,11 @@ def main() -> None:
     default='',
     help='more arguments for train_speed.py, space-separated',
   )
+  parser.add_argument(
+    '--hpr_json',
+    help='take hpr from this train_speed.py --json instead of running it '
+    '(measured just before, as benchmarks/gpu_sitting.sh does)',
+  )
   parser.add_argument('--out_dir', help='default benchmarks/results')
   parser.add_argument('--quick', action='store_true', help='a smoke test')
   parser.add_argument('--table', help='print the table of a saved sitting')
@@ -430,6 +446,8 @@ def main() -> None:
   args.train_speed_args = args.train_speed_args.split()
   if args.quick:
     args.steps, args.warmup = 3, 1
+    if not any(a.startswith('--extras') for a in args.train_speed_args):
+      args.train_speed_args.append('--extras=off')
   out_dir = args.out_dir or (
     tempfile.gettempdir() if args.quick else os.path.join(HERE, 'results')
   )

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from flax import nnx
 
 from hpr import workdir as workdir_lib
@@ -75,6 +74,10 @@ class MetricLogger:
   """
 
   def __init__(self, workdir: str, *, is_main: bool):
+    # Imported here: clu's writers import TensorFlow, which the train and
+    # eval steps (benchmarks/train_speed.py on a GPU image) do not need.
+    from clu import metric_writers
+
     self.writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main
     )

@@ -312,3 +312,18 @@ def test_train_speed_table_without_the_extras():
     '| seed_lrcn | 256 | 1 | 5000.0 | 51.2 (50.0-53.0) | - | - | - | '
     '20000.0 | 3.0 / - | - | 2048 |'
   )
+
+
+def test_the_train_step_imports_without_tensorflow():
+  """benchmarks/train_speed.py's worker needs no TensorFlow (nor clu's
+  writers, which import it): GPU images such as the lent one have JAX and
+  PyTorch but no TensorFlow."""
+  code = (
+    'import sys\n'
+    "sys.modules['tensorflow'] = sys.modules['clu'] = None\n"
+    'from hpr import cli, malloc_tuning, parallel, train_state\n'
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0, result.stderr[-2000:]

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 
+T_START = time.perf_counter()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from peers import common  # noqa: E402
 
@@ -49,6 +50,7 @@ def run_torch(args, compiled: bool) -> dict:
     os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='inductor')
   import torch
   import torch.nn.functional as F
+
   from peers import torch_models
 
   device = args.device
@@ -96,7 +98,7 @@ def run_torch(args, compiled: bool) -> dict:
     out['train'][str(batch_size)] = common.time_steps(
       step, args.warmup, args.steps
     )
-    _log_entry(args, batch_size, out['train'][str(batch_size)])
+    _log_entry(args, batch_size, out['train'][str(batch_size)], out)
   return out
 
 
@@ -104,6 +106,7 @@ def run_tf_keras(args) -> dict:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf
   import tf_keras
+
   from peers import keras_models
 
   tf_keras.utils.set_random_seed(0)
@@ -127,18 +130,34 @@ def run_tf_keras(args) -> dict:
     out['train'][str(batch_size)] = common.time_steps(
       lambda x=x, y=y: net.train_on_batch(x, y), args.warmup, args.steps
     )
-    _log_entry(args, batch_size, out['train'][str(batch_size)])
+    _log_entry(args, batch_size, out['train'][str(batch_size)], out)
   return out
 
 
-def _log_entry(args, batch_size: int, timing: dict) -> None:
+def _log_entry(args, batch_size: int, timing: dict, out: dict) -> None:
+  """Logs a batch size's timing; saves what is measured so far to --json
+  (a sitting keeps it if a later batch size runs out of time)."""
   timing['clips_per_s'] = batch_size / timing['median_s']
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(_described(args, out), f, indent=1)
   log(
     f'{args.framework}/{args.model} b{batch_size}: '
     f'{timing["clips_per_s"]:.1f} clips/s, first step '
     f'{timing["first_step_s"]:.1f} s, others used '
     f'{timing["others_cores_mean"]:.2f} cores'
   )
+
+
+def _described(args, out: dict) -> dict:
+  return {
+    **out,
+    'framework': args.framework,
+    'label': FRAMEWORKS[args.framework],
+    'model': args.model,
+    'python': platform.python_version(),
+    'wall_s': time.perf_counter() - T_START,
+  }
 
 
 def main() -> None:
@@ -157,21 +176,16 @@ def main() -> None:
     choices=('on', 'off'),
     help='PyTorch on CUDA: TF32 for float32 matmuls and convolutions',
   )
-  parser.add_argument('--json', help='also write the numbers here')
+  parser.add_argument(
+    '--json', help='also write the numbers here (after each batch size)'
+  )
   args = parser.parse_args()
   args.batch_sizes = [int(b) for b in args.batch_sizes.split(',')]
-  t0 = time.perf_counter()
   if args.framework == 'tf_keras':
     out = run_tf_keras(args)
   else:
     out = run_torch(args, compiled=args.framework == 'torch-compile')
-  out.update(
-    framework=args.framework,
-    label=FRAMEWORKS[args.framework],
-    model=args.model,
-    python=platform.python_version(),
-    wall_s=time.perf_counter() - t0,
-  )
+  out = _described(args, out)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(out, f, indent=1)
