@@ -82,12 +82,6 @@ def test_one_process_loads_every_row_of_a_batch():
   assert parallel.process_batch_size(8) == 8
 
 
-def test_mesh_orders_devices_by_process():
-  mesh = parallel.make_mesh()
-  order = [(d.process_index, d.id) for d in mesh.devices]
-  assert order == sorted(order)
-
-
 @pytest.mark.parametrize(
   ('count', 'batch_sizes', 'processes', 'expected'),
   [
