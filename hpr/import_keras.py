@@ -67,7 +67,8 @@ def _abstract_model(imported: keras_convert.Imported, seed: int = 0):
         rngs=nnx.Rngs(seed),
       )
     )
-  except ValueError as e:  # The model rejects its arguments or input size.
+  # The model rejects its arguments or input size, or a size overflows.
+  except (ValueError, OverflowError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else ''
     raise UserError(
       f'{imported.source.path}: hpr cannot build the {imported.name} model '

@@ -117,7 +117,8 @@ class Imported:
 def _value(value):
   if isinstance(value, list):
     return tuple(_value(v) for v in value)
-  if isinstance(value, dict) and 'config' in value:  # Keras 3 DTypePolicy.
+  if isinstance(value, dict) and isinstance(value.get('config'), dict):
+    # Keras 3 DTypePolicy.
     return value['config'].get('name', value.get('class_name'))
   return value
 

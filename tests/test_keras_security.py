@@ -570,6 +570,18 @@ MALFORMED = {
     _set(1, 'recurrent_dropout', 2),
     'recurrent_dropout=2 is not a rate in [0, 1)',
   ),
+  'dtype_a_bad_policy': (
+    _set(7, 'dtype', {'config': 3}),
+    "layer 'dense' (Dense): dtype={'config': 3} is not supported",
+  ),
+  'filters_huge': (
+    _set(4, 'filters', 10**12),
+    'hpr cannot build the convlstm model it describes',
+  ),
+  'units_huge': (
+    _set(7, 'units', 10**6),
+    'gives (1000000,); nothing was read',
+  ),
   'not_json': (lambda a: '{"class_name": ', 'is not valid JSON'),
   'nested_too_deep': (
     lambda a: '[' * 100_000 + ']' * 100_000,
