@@ -14,6 +14,11 @@ The file is read with h5py, zipfile and json (hpr/keras_format.py), so no
 Keras is needed and nothing from the file runs; hpr/keras_convert.py says
 which Sequential models import (the notebook's ConvLSTM and LRCN and their
 variants), exactly: softmax(hpr logits) is the Keras model's output.
+
+A model file is untrusted: data it keeps outside itself (HDF5 links,
+external storage, virtual datasets) is refused, and nothing is read until
+the arrays it declares are within 1 GiB and of the shapes its architecture
+gives. W/config.py holds the file's name only as a string literal.
 """
 
 import argparse

@@ -4,6 +4,7 @@ architecture JSON are refused in one line, before anything is read or run."""
 
 import json
 import os
+import pathlib
 import shlex
 import shutil
 import subprocess
@@ -629,3 +630,30 @@ def test_malformed_config_from_the_cli(
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('hpr: error: ')
   assert 'malformed Keras model config' in err[0]
+
+
+@pytest.mark.parametrize(
+  'offset, value, words',
+  [
+    (20, 1 << 31, 'config.json declares 2.0 GiB compressed, more than the'),
+    (8, 0x1, 'config.json is encrypted'),
+  ],
+  ids=['compressed_size', 'encrypted'],
+)
+def test_zip_members_are_checked_by_their_declared_sizes(
+  tmp_path, originals, offset, value, words
+):
+  """The central directory's word is checked before a member is read."""
+  import struct
+
+  data = bytearray(pathlib.Path(originals['keras']).read_bytes())
+  entry = data.index(b'PK\x01\x02')  # The central directory's entries.
+  while data[entry + 46 : entry + 46 + len(b'config.json')] != b'config.json':
+    entry = data.index(b'PK\x01\x02', entry + 4)
+  size = 4 if offset == 20 else 2
+  fmt = '<L' if size == 4 else '<H'
+  old = struct.unpack_from(fmt, data, entry + offset)[0]
+  struct.pack_into(fmt, data, entry + offset, old | value)
+  path = tmp_path / 'model.keras'
+  path.write_bytes(bytes(data))
+  _refused(str(path), words)
