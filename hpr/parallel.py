@@ -62,10 +62,12 @@ def _slurm_step_has_several_tasks() -> bool:
 
 
 def _on_cloud_tpu_vm() -> bool:
-  try:  # A check of the PCI devices and libtpu, no network call.
-    from jax._src.clusters import cloud_tpu_cluster
+  # Set when jax is imported, from the PCI devices and libtpu (no network
+  # call); jax's own TPU detection starts from it.
+  try:
+    from jax._src import cloud_tpu_init
 
-    return bool(cloud_tpu_cluster.running_in_cloud_tpu_vm)
+    return cloud_tpu_init.running_in_cloud_tpu_vm is True
   except (ImportError, AttributeError):
     return False
 

@@ -209,3 +209,24 @@ def test_processes_rows_make_up_the_single_process_eval_batches(data_dir):
     ]
   )
   np.testing.assert_array_equal(index, np.arange(12))
+
+
+def test_slurm_steps_of_several_tasks_are_detected(monkeypatch):
+  slurm = {
+    'SLURM_JOB_ID': '4242',
+    'SLURM_STEP_NODELIST': 'node[001-002]',
+    'SLURM_NTASKS': '2',
+    'SLURM_PROCID': '1',
+    'SLURM_LOCALID': '0',
+  }
+  for name, value in slurm.items():
+    monkeypatch.setenv(name, value)
+  assert parallel.cluster_detected() == 'SLURM'
+  # --num_processes=1 keeps a run alone inside the allocation.
+  assert parallel.initialize(num_processes=1) == 1
+  assert not jax.distributed.is_initialized()
+  monkeypatch.setenv('SLURM_NTASKS', '1')  # A single task: no peers.
+  assert parallel.cluster_detected() is None
+  monkeypatch.delenv('SLURM_STEP_NODELIST')  # Not inside srun.
+  monkeypatch.setenv('SLURM_NTASKS', '2')
+  assert parallel.cluster_detected() is None
