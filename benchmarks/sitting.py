@@ -52,6 +52,9 @@ LABELS = {
   'torch-compile': 'torch.compile',
 }
 MODEL_NAMES = {'convlstm': 'ConvLSTM', 'lrcn': 'LRCN'}
+# Cores other processes may keep busy (mean over a peer's timed steps)
+# before the table says the machine was not idle.
+BUSY_CORES = 0.3
 PROBE = """
 import json, jax
 d = jax.devices()
@@ -227,6 +230,17 @@ def markdown(sitting: dict) -> str:
   ]
   if failed:
     foot += '. Failed or cut short: ' + ', '.join(failed)
+  busy = [
+    t.get('others_cores_mean', 0.0)
+    for key in ('peers_before', 'peers_after')
+    for e in sitting.get(key) or ()
+    for t in e.get('train', {}).values()
+  ]
+  if busy and max(busy) > BUSY_CORES:
+    foot += (
+      f'. Other processes kept up to {max(busy):.1f} cores busy during the '
+      "peers' timed steps: the machine was not idle"
+    )
   return '\n'.join([head, '', *rows, '', foot])
 
 

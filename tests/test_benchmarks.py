@@ -225,6 +225,7 @@ def test_sitting_takes_the_best_peer_of_each_pass(tmp_path):
     _peer('torch-eager', 'lrcn', b4=20.0, b32=45.0),
     _peer('torch-compile', 'lrcn', b4=1.0, b32=1.0),
   ]
+  after[0]['train']['32']['others_cores_mean'] = 1.25
   hpr = {'results': [_hpr('lrcn', 4, 25.0), _hpr('lrcn', 32, 45.0)]}
   summary = sitting.summarize(before, hpr, after)
   b4, b32 = summary['cells']
@@ -270,6 +271,7 @@ def test_sitting_takes_the_best_peer_of_each_pass(tmp_path):
   assert '**0.90-1.00x**' in result.stdout
   assert 'every cell: no' in result.stdout
   assert 'torch-compile/lrcn (timed out after 60 s)' in result.stdout
+  assert 'kept up to 1.2 cores busy' in result.stdout
 
 
 def test_sitting_one_pass_and_a_cell_without_peers():
@@ -284,6 +286,7 @@ def test_sitting_one_pass_and_a_cell_without_peers():
   assert '| ConvLSTM, 32 | 30.0 | no peer ran | **n/a** |' in table
   assert '| LRCN, 32 | 300.0 | PyTorch eager 150.0 | **2.00x** |' in table
   assert 'best peer, before / after' not in table
+  assert 'busy' not in table
 
 
 def test_sitting_names_results_by_platform():
