@@ -402,6 +402,8 @@ def test_declared_sizes_are_refused_before_reading(tmp_path, originals):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   results = dict(zip(paths, json.loads(result.stdout), strict=True))
+  grew = {case: round(got['grew_mib'], 1) for case, got in results.items()}
+  print('peak memory growth while refusing (MiB):', grew)
   for case, got in results.items():
     assert got['message'] is not None, case
     assert '\n' not in got['message']
