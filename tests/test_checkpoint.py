@@ -3,6 +3,8 @@ what a damaged checkpoint does to resume, evaluate and predict."""
 
 import os
 import shutil
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import pytest
@@ -164,3 +166,28 @@ def test_another_model_does_not_fit_rather_than_damaged(workdir_copy):
   ckpts.close()
   assert not isinstance(error.value, checkpoint.DamagedCheckpoint)
   assert 'model/dense/kernel with shape (8, 12)' in str(error.value)
+
+
+@pytest.mark.parametrize('tool', ['predict', 'evaluate'])
+def test_cli_step_on_a_damaged_checkpoint_is_one_line(workdir_copy, tool):
+  _, workdir = workdir_copy
+  _truncate_largest_array_file(os.path.join(workdir, 'checkpoints', '8'))
+  if tool == 'predict':
+    video = os.path.join(workdir, 'clip.avi')  # Never read: the model fails.
+    with open(video, 'wb') as f:
+      f.write(b'RIFF')
+    args = ['hpr.predict', f'--workdir={workdir}', '--step=8', video]
+  else:
+    args = ['hpr.main', '--mode=evaluate', f'--workdir={workdir}', '--step=8']
+  run = subprocess.run(
+    [sys.executable, '-m', *args],
+    capture_output=True,
+    text=True,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    timeout=600,
+  )
+  assert run.returncode == 1, run.stderr
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith('hpr: error: checkpoint ') and last.endswith(')')
+  assert 'checkpoints/8 is damaged: its arrays cannot be read' in last
+  assert 'Traceback' not in run.stderr and 'Exception ignored' not in run.stderr
