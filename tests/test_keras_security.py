@@ -29,7 +29,7 @@ from tests.test_import_keras import (  # noqa: E402
   save,
 )
 
-pytest.importorskip('tf_keras')
+tf_keras = pytest.importorskip('tf_keras')
 pytest.importorskip('keras', minversion='3')
 
 # What the import bounds are, as hpr states them.
@@ -149,6 +149,7 @@ def test_config_file_holds_names_as_data(tmp_path, monkeypatch, workdir):
 def originals(tmp_path_factory):
   """A small tf_keras ConvLSTM saved as .h5 and as .keras."""
   directory = str(tmp_path_factory.mktemp('originals'))
+  tf_keras.backend.clear_session()  # Layer names as in a fresh process.
   model = build(2, convlstm_avgpool, ARCHS['convlstm_avgpool'][1])
   return {fmt: save(model, directory, 2, fmt) for fmt in ('h5', 'keras')}
 
