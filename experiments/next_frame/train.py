@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     help='ConvLSTM channels per layer, comma-separated',
   )
   add('--kernel_size', type=int, default=3)
-  add('--learning_rate', type=float, default=1e-3)
+  add('--learning_rate', type=float, default=2e-3)
   add('--num_test', type=int, default=256, help='test sequences')
   add('--num_validation', type=int, default=64, help='validation sequences')
   add('--log_every', type=int, default=50)
