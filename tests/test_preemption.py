@@ -7,10 +7,17 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from hpr import checkpoint, metrics, train
+from tests.test_multiprocess import (  # noqa: F401 (config_file: a fixture)
+  RUN_LIMIT_S,
+  _start,
+  _wait,
+  config_file,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Keys whose values depend on the wall clock, not on the computation.
@@ -135,3 +142,40 @@ def test_sigint_saves_and_exits_130_without_a_traceback(data_dir, tmp_path):
   last = output.strip().splitlines()[-1]
   assert last.startswith('hpr: stopped: SIGINT at step ')
   assert os.listdir(os.path.join(workdir, 'checkpoints'))
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_one_gets_sigterm(
+  config_file,  # noqa: F811 (the fixture imported above)
+  tmp_path,
+):
+  workdir = str(tmp_path / 'two')
+  procs = _start(config_file, workdir, processes=2, devices=4)
+  deadline = time.monotonic() + RUN_LIMIT_S
+  log0 = f'{workdir}.0.log'
+  # Poll process 0's log for its first logged step, then signal process 1
+  # only: process 0 must learn of it and stop at the same step.
+  while not (
+    os.path.exists(log0) and re.search(r'\] train_\w+=', open(log0).read())
+  ):
+    if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+      for p in procs:
+        p.kill()
+      pytest.fail('the run ended or hung before its first step')
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  stops = []
+  for i, p in enumerate(procs):
+    assert p.wait(timeout=RUN_LIMIT_S) == 128 + signal.SIGTERM, i
+    with open(f'{workdir}.{i}.log') as f:
+      text = f.read()
+    assert 'Traceback' not in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith('hpr: stopped: SIGTERM at step '), last
+    stops.append(int(re.search(r'checkpoint (\d+)', last).group(1)))
+  assert stops[0] == stops[1]
+  assert str(stops[0]) in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+  _wait(_start(config_file, workdir, processes=2, devices=4), workdir)
+  with open(log0) as f:
+    assert f'Resumed from step {stops[0]}' in f.read()
