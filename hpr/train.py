@@ -42,8 +42,10 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    old = ml_collections.ConfigDict(json.load(f))
+  saved = workdir_lib.read_json(path, "the workdir's config")
+  if not isinstance(saved, dict):
+    raise UserError(f"the workdir's config {path} is damaged: not an object")
+  old = ml_collections.ConfigDict(saved)
   new = ml_collections.ConfigDict(json.loads(config.to_json()))
   for key in _SHAPE_KEYS:
     a, b = old, new

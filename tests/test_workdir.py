@@ -178,3 +178,12 @@ def test_damaged_class_names_is_one_line(trained_workdir, tmp_path, content):
     f.write(content)
   with pytest.raises(UserError, match='class names file .* is damaged'):
     predict.load_predictor(path)
+
+
+@pytest.mark.parametrize('content', ['{"model": {"na', '[1]'])
+def test_damaged_workdir_config_is_one_line(data_dir, tmp_path, content):
+  from tests.conftest import tiny_config
+
+  (tmp_path / 'config.json').write_text(content)
+  with pytest.raises(UserError, match="workdir's config .* is damaged"):
+    train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
