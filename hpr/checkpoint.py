@@ -38,6 +38,15 @@ class DamagedCheckpoint(UserError):
     self.path, self.reason = path, reason
 
 
+def _sync(name: str) -> None:
+  """Waits for every process of a multi-process run (process 0 renames
+  damaged checkpoints; the others must not read the old names after)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
 def _first_line(error: BaseException) -> str:
   text = str(error).strip()
   return text.splitlines()[0][:300] if text else type(error).__name__
@@ -99,6 +108,7 @@ class Checkpoints:
     self._options = dict(keep=keep, monitor=monitor, read_only=read_only)
     if not read_only:
       self._set_damaged_metrics_aside()
+      _sync('hpr_checkpoints_open')  # Before any process's orbax reads them.
     self._manager = self._make_manager(**self._options)
 
   def _make_manager(self, keep: int, monitor: str, read_only: bool):
@@ -344,10 +354,7 @@ class Checkpoints:
       )
     for e in damaged:
       self._set_aside(e.path)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-
-      multihost_utils.sync_global_devices('hpr_checkpoint_set_aside')
+    _sync('hpr_checkpoint_set_aside')
     if damaged:
       self._manager.reload()
     return found
