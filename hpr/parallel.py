@@ -14,6 +14,7 @@ parts; no host ever holds a whole global batch.
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -159,6 +160,51 @@ def _check_process_counts(num_processes: int, timeout_s: int) -> None:
     raise ProcessSetupError(problem)
 
 
+# What a collective reports when another process of the run went away.
+_PEER_LOST = (
+  'Gloo',  # CPU collectives between processes.
+  'NCCL',  # GPU collectives between processes.
+  'Connection closed by peer',
+  'Connection reset by peer',
+  'Broken pipe',
+  'heartbeat',
+  'UNAVAILABLE',
+)
+
+
+def _exit_at_once_after_errors() -> None:
+  """Ends a multi-process run's process as soon as an error reaches the
+  top, without Python's finalization.
+
+  When another process dies, this one's next collective fails (gloo:
+  "Connection closed by peer"), but finalizing would then wait forever on
+  the runtime's threads that still wait for the dead peer. A failed
+  collective is reported in one line; other errors keep their traceback.
+  """
+  previous = sys.excepthook
+
+  def hook(kind, value, traceback):
+    text = str(value)
+    if isinstance(value, jax.errors.JaxRuntimeError) and any(
+      sign in text for sign in _PEER_LOST
+    ):
+      first = text.strip().splitlines()[0][:300]
+      print(
+        f'hpr: error: process {jax.process_index()} could not reach the '
+        f'other processes of the run ({first}); if one of them stopped, '
+        'start all of them again with the same commands to resume from the '
+        'latest checkpoint',
+        file=sys.stderr,
+      )
+    else:
+      previous(kind, value, traceback)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+  sys.excepthook = hook
+
+
 def initialize(
   coordinator_address: str | None = None,
   num_processes: int | None = None,
@@ -269,6 +315,7 @@ def initialize(
 
   count = jax_distributed.global_state.num_processes
   _check_process_counts(count, timeout_s)
+  _exit_at_once_after_errors()
   logging.info(
     'process %d of %d (coordinator %s%s)',
     jax_distributed.global_state.process_id,

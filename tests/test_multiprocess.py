@@ -201,6 +201,34 @@ def test_killed_processes_resume_to_the_same_metrics(
     assert 'Resumed from step' in f.read()
 
 
+@pytest.mark.slow
+def test_a_process_that_dies_mid_run_ends_the_others(config_file, tmp_path):
+  """Killing process 1 ends process 0 too (in one line when it was waiting
+  on process 1, else by JAX's heartbeat check), never a hang."""
+  workdir = str(tmp_path / 'orphan')
+  procs = _start(config_file, workdir, processes=2, devices=4)
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.monotonic() + RUN_LIMIT_S
+  while not os.path.exists(metrics):
+    if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+      for p in procs:
+        p.kill()
+      pytest.fail('the run ended or hung before its first metrics')
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGKILL)
+  procs[1].wait()
+  try:
+    # JAX's heartbeat timeout is 100 s; a hang would pass this guard.
+    code = procs[0].wait(timeout=400)
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+    pytest.fail('process 0 hung after process 1 died')
+  assert code != 0
+  with open(f'{workdir}.0.log') as f:
+    log = f.read()
+  assert 'Traceback' not in log
+
+
 def _failure(procs, workdir):
   """Each process's exit code and its stderr lines (TF's start-up INFO
   lines left out)."""
