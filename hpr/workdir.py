@@ -86,17 +86,30 @@ def lock(workdir: str, *, what: str = 'training') -> Iterator[None]:
       time are in the message), or the lock file cannot be written.
   """
   path = os.path.join(workdir, LOCK_FILE)
-  try:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-  except OSError as e:
-    raise UserError(
-      f'cannot write to workdir {workdir} ({e.strerror or e}); choose a '
-      'directory you can write'
-    ) from e
+  while True:
+    try:
+      fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+      raise UserError(
+        f'cannot write to workdir {workdir} ({e.strerror or e}); choose a '
+        'directory you can write'
+      ) from e
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      break  # Held elsewhere, or no locks here: see below.
+    # Ours, unless the file was removed (hpr.rundirs) between open and
+    # flock: then lock the new one.
+    try:
+      if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        break
+    except FileNotFoundError:
+      pass
+    os.close(fd)
   try:
     locked = True
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Again: no-op if held.
     except BlockingIOError:
       other = _describe(os.pread(fd, 4096, 0).decode(errors='replace'))
       raise UserError(
