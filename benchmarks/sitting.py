@@ -229,7 +229,9 @@ def markdown(sitting: dict) -> str:
     if e.get('status', 'ok') != 'ok' or e.get('incomplete')
   ]
   if failed:
-    foot += '. Failed or cut short: ' + ', '.join(failed)
+    foot += ' (of the peers that ran). Failed or cut short: ' + ', '.join(
+      failed
+    )
   busy = [
     t.get('others_cores_mean', 0.0)
     for key in ('peers_before', 'peers_after')
@@ -481,8 +483,13 @@ def main() -> None:
     'meta': {
       'started_utc': started,
       'commit': _commit(),
-      'machine': f'{_machine()}; {probe["device_count"]} x '
-      f'{probe["device_kind"]} ({probe["platform"]}); jax {probe["jax"]}',
+      'machine': _machine()
+      + (
+        ''  # hpr splits a CPU into config.cpu_devices: train_speed says.
+        if probe['platform'] == 'cpu'
+        else f'; {probe["device_count"]} x {probe["device_kind"]}'
+      )
+      + f'; jax {probe["jax"]} ({probe["platform"]})',
       'probe': probe,
       'cpus': os.cpu_count(),
       'quick': args.quick,

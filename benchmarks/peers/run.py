@@ -22,9 +22,11 @@ Prints the entry's numbers as JSON on the last line of stdout.
 """
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -47,7 +49,9 @@ def log(*args) -> None:
 def run_torch(args, compiled: bool) -> dict:
   if compiled and 'TORCHINDUCTOR_CACHE_DIR' not in os.environ:
     # A cold compile unless the caller shares a cache between runs.
-    os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='inductor')
+    cache = tempfile.mkdtemp(prefix='inductor')
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache
   import torch
   import torch.nn.functional as F
 
