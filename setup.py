@@ -1,12 +1,12 @@
 """Builds hpr's compiled parts, CPU kernels called through XLA's FFI,
 against the FFI headers that jaxlib ships: the LRCN's conv blocks
-(hpr/native/conv_relu_pool.cc -> hpr/_conv_relu_pool*.so) and the ConvLSTM
-layer (hpr/native/conv_lstm.cc -> hpr/_conv_lstm*.so); everything else is in
-pyproject.toml.
+(hpr/kernels/native/conv_relu_pool.cc -> hpr/kernels/_conv_relu_pool*.so)
+and the ConvLSTM layer (hpr/kernels/native/conv_lstm.cc ->
+hpr/kernels/_conv_lstm*.so); everything else is in pyproject.toml.
 
 Optional: where one does not compile, pip warns and installs hpr without
-it, and the model runs that part as XLA ops (`available()` in
-hpr/models/native_block.py and hpr/models/native_convlstm.py)."""
+it, and 'auto' runs that part as XLA ops (`available()` in
+hpr/kernels/native_block.py and hpr/kernels/native_convlstm.py)."""
 
 import os
 
@@ -21,16 +21,16 @@ def _xla_ffi_include() -> str:
 
 def _kernels(name: str) -> Extension:
   return Extension(
-    f'hpr._{name}',
-    sources=[f'hpr/native/{name}.cc'],
-    depends=['hpr/native/ffi_util.h'],
+    f'hpr.kernels._{name}',
+    sources=[f'hpr/kernels/native/{name}.cc'],
+    depends=['hpr/kernels/native/ffi_util.h'],
     include_dirs=[_xla_ffi_include()],
     language='c++',
     optional=True,
     # Python's own flags include -fwrapv, which keeps GCC from assuming
-    # that the kernels' signed index arithmetic does not overflow; without
-    # it the seed ConvLSTM's training step took 0.93x and 0.97x the time in
-    # two A/B runs (benchmarks/README.md, "Sitting P").
+    # that the kernels' signed index arithmetic does not overflow; the
+    # ConvLSTM kernels are measurably slower with it (benchmarks/README.md,
+    # "Sitting P").
     extra_compile_args=[
       '-std=c++17',
       '-O3',

@@ -21,9 +21,9 @@ the platform, device kind and count):
   filled by the first (what a second run of a config pays), plus that
   process's start-up to the end of its first step;
 - FLOPs: XLA's cost analysis of the train step compiled with every time
-  loop unrolled and the LRCN's frames in one chunk (XLA counts a loop body
-  once) and its first block as the XLA ops of `conv_block` (XLA cannot
-  count inside the custom calls of `native_block`), times the devices (it
+  loop unrolled (XLA counts a loop body once) and the compiled kernels
+  replaced by hpr.kernels' XLA formulations (XLA cannot count inside the
+  custom calls of `native_block`), times the devices (it
   costs one device's part), the achieved
   GFLOP/s and its
   fraction of this machine's float32 matmul peak (a 4096x4096 matmul in JAX,
@@ -118,7 +118,7 @@ def worker(args) -> dict:
   from flax import nnx
 
   from hpr import cli, malloc_tuning, parallel
-  from hpr.models import native_block, native_convlstm
+  from hpr.kernels import native_block, native_convlstm
   from hpr.train_state import (
     build_model,
     create_train_state,
@@ -206,14 +206,12 @@ def worker(args) -> dict:
   if not args.extras:
     return out
 
-  # FLOPs: the same step with every time loop unrolled and the LRCN's
-  # frames in one chunk (XLA counts a loop body once).
+  # FLOPs: the same step with every time loop unrolled (XLA counts a loop
+  # body once).
   unrolled = build_model(config, num_classes)
   for _, module in nnx.iter_graph(unrolled):
     if hasattr(module, 'unroll'):
       module.unroll = True
-    if hasattr(module, 'chunk_frames'):
-      module.chunk_frames = 0
   uts = create_train_state(config, num_classes, mesh, 100, model=unrolled)
   ustep = jit_train_step(uts, mesh, seed=0, label_smoothing=0.0)
   # XLA's cost analysis cannot see into custom calls: the LRCN's native

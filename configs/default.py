@@ -116,6 +116,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = m = ml_collections.ConfigDict()
   m.name = 'lrcn'  # One of hpr.models.MODELS: convlstm, lrcn, single_frame.
+  # How the named primitives (hpr.kernels) run: 'auto' picks each platform's
+  # fastest when the step is lowered (the compiled kernels on a CPU, the
+  # reference elsewhere); 'reference' runs the portable reference everywhere.
+  m.impl = 'auto'
   # Keyword arguments of each model's constructor; only the chosen one is
   # used. ConvLSTM is the notebook's network; LRCN and SingleFrame share a
   # smaller encoder (see below).

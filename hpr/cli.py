@@ -55,7 +55,7 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
   # Cache every compilation that takes noticeable time (default: > 1 s).
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-  # The LRCN's native first block (hpr.models.native_block) is a
+  # The LRCN's native first block (hpr.kernels.native_block) is a
   # custom_partitioning op, whose IR holds a pointer that differs in every
   # process, so its programs would never hit the cache
   # (jax-ml/jax#21159). The pointer only finds the op's partitioning

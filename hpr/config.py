@@ -29,6 +29,7 @@ _CHOICES = {
   'model.convlstm.padding': ('valid', 'same'),
   'model.convlstm.head': ('flatten', 'avgpool'),
   'model.lrcn.readout': ('last', 'mean'),
+  'model.impl': ('auto', 'reference'),
   'input.train_crop': ('resize', 'random_resized', 'scale_jitter'),
   'input.eval_crop': ('resize', 'center'),
   'eval.num_test_crops': (1, 3),

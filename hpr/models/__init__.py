@@ -20,8 +20,8 @@ MODELS = {
   'single_frame': SingleFrame,
 }
 
-# Supplied by build_model itself, never by the config.
-_BUILD_ARGS = ('num_classes', 'input_shape', 'rngs')
+# Supplied by build_model itself, never by the config's model.<name>.
+_BUILD_ARGS = ('num_classes', 'input_shape', 'impl', 'rngs')
 
 
 def build_model(
@@ -30,6 +30,7 @@ def build_model(
   *,
   num_classes: int,
   input_shape: tuple,
+  impl: str = 'auto',
   rngs: nnx.Rngs,
 ) -> nnx.Module:
   """Builds a model of `MODELS` from its constructor keywords.
@@ -39,6 +40,8 @@ def build_model(
     kwargs: the model's own keyword arguments (e.g. `filters`, `dropout`).
     num_classes: number of output logits.
     input_shape: (T, H, W, C) of one clip.
+    impl: how the named primitives run (hpr.kernels): 'auto' (the
+      platform's fastest, chosen when the step is lowered) or 'reference'.
     rngs: 'params' and 'dropout' streams.
 
   Returns:
@@ -59,7 +62,11 @@ def build_model(
         f'{", ".join(valid)}'
       )
   return cls(
-    num_classes=num_classes, input_shape=tuple(input_shape), rngs=rngs, **kwargs
+    num_classes=num_classes,
+    input_shape=tuple(input_shape),
+    impl=impl,
+    rngs=rngs,
+    **kwargs,
   )
 
 

@@ -28,6 +28,7 @@ class SingleFrame(nnx.Module):
     kernel_size: Sequence[int] = (3, 3),
     pool_sizes: Sequence[int] = (4, 4, 2, 2),
     dropout: float = 0.25,
+    impl: str = 'auto',
     rngs: nnx.Rngs,
   ):
     """Builds the model.
@@ -39,6 +40,7 @@ class SingleFrame(nnx.Module):
       kernel_size: (kh, kw) of every conv.
       pool_sizes: square max-pool window of each conv block.
       dropout: dropout rate after every conv block but the last.
+      impl: how the conv blocks run, 'auto' or 'reference' (hpr.kernels).
       rngs: 'params' and 'dropout' streams.
     """
     self.encoder = FrameCNN(
@@ -47,6 +49,7 @@ class SingleFrame(nnx.Module):
       kernel_size=kernel_size,
       pool_sizes=pool_sizes,
       dropout=dropout,
+      impl=impl,
       rngs=rngs,
     )
     self.dense = nnx.Linear(

@@ -1,7 +1,6 @@
 """Keras-layout LSTM cells (the dense one; hpr.models.convlstm adds the
-convolutional one) and the time loops that run them: the input projection
-hoisted out of the loop (`run_lstm`), or computed in it on a time-major
-input (`run_lstm_time_major`).
+convolutional one) and the time loop that runs them with the input
+projection hoisted out of the loop (`run_lstm`).
 
 Parameters keep Keras' layout (kernels (in, 4F), gates concatenated in i, f,
 c, o order) so Keras weights import by plain assignment.
@@ -11,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hpr.kernels.reference import lstm_gates
 from hpr.models.layers import (
   Activation,
   get_activation,
@@ -76,22 +76,8 @@ class KerasLSTMCellBase(nnx.RNNCellBase):
 
   def update(self, c: Array, z: Array) -> tuple[tuple[Array, Array], Array]:
     """The gate math: ((c', h'), h') from c and all four gates' inputs z."""
-    z_i, z_f, z_c, z_o = jnp.split(z, 4, axis=-1)
-    i = self.recurrent_activation(z_i)
-    f = self.recurrent_activation(z_f)
-    o = self.recurrent_activation(z_o)
-    c = f * c + i * self.activation(z_c)
-    h = o * self.activation(c)
+    c, h = lstm_gates(c, z, self.activation, self.recurrent_activation)
     return (c, h), h
-
-  def step_inputs(
-    self,
-    carry: tuple[Array, Array],
-    x: Array,
-    recurrent_mask: Array | None = None,
-  ) -> tuple[tuple[Array, Array], Array]:
-    """`step` from the step's input x rather than its projection."""
-    return self.step(carry, self.project_inputs(x), recurrent_mask)
 
   def __call__(
     self, carry: tuple[Array, Array], inputs: Array
@@ -165,33 +151,6 @@ def run_lstm_projected(
 
   (_, h), hs = jax.lax.scan(body, (h, h), gates_x, unroll=unroll)
   return jnp.swapaxes(hs, 0, 1) if return_sequences else h
-
-
-def run_lstm_time_major(
-  cell: KerasLSTMCellBase,
-  x: Array,
-  *,
-  return_sequences: bool = True,
-  unroll: int | bool = 1,
-) -> Array:
-  """`run_lstm` on a time-major (T, B, ...) input, projecting each step's
-  input inside the time loop (`cell.step_inputs`).
-
-  Returns (T, B, *features_out) if return_sequences else (B,
-  *features_out). The same numbers as `run_lstm` on the transposed input.
-  """
-  c, h = cell.initialize_carry(x.shape[1:])
-  mask = cell.recurrent_dropout_mask(h)
-
-  # Rematerialised: the backward pass recomputes each step from its carry
-  # and input instead of reading back every intermediate of every step
-  # (patches, gates), which costs more on a CPU than computing them again.
-  @jax.checkpoint
-  def body(carry, x_t):
-    return cell.step_inputs(carry, x_t, mask)
-
-  (_, h), hs = jax.lax.scan(body, (c, h), x, unroll=unroll)
-  return hs if return_sequences else h
 
 
 class LSTMCell(KerasLSTMCellBase):

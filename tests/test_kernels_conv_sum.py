@@ -7,11 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from hpr.models import convlstm, layers
-from hpr.models.conv_sum import conv_sum
-from hpr.models.convlstm import ConvLSTMCell
+from hpr.kernels.conv_sum import conv_sum
+from hpr.kernels.reference import same_padding
 
 
 def reference(inputs, kernels, paddings):
@@ -24,7 +22,7 @@ def reference(inputs, kernels, paddings):
 
 
 def same(size, k):
-  return layers.same_padding(size, k, 1)
+  return same_padding(size, k, 1)
 
 
 CASES = {
@@ -173,51 +171,3 @@ def test_conv_sum_refuses_inputs_of_different_padded_sizes():
   with pytest.raises(ValueError, match='outside'):
     small = jnp.zeros((1, 3, 3, 4))
     conv_sum((a, small), (ka, kb), (((0, 0),) * 2, ((3, 3),) * 2))
-
-
-@pytest.mark.parametrize('padding', ['valid', 'same'])
-def test_convlstm_step_same_with_conv_sum_and_patches(monkeypatch, padding):
-  # The first layer's step (3 + 4 channels) takes the conv_sum path; with
-  # the threshold at 0 the same cell takes the patches path.
-  cell = ConvLSTMCell(3, 4, padding=padding, rngs=nnx.Rngs(0))
-  keys = jax.random.split(jax.random.key(2), 3)
-  x = jax.random.normal(keys[0], (2, 9, 8, 3))
-  h_shape = (2, *cell.output_spatial_shape(9, 8), 4)
-  carry = (
-    jax.random.normal(keys[1], h_shape),
-    jax.random.normal(keys[2], h_shape),
-  )
-  graphdef, params, rest = nnx.split(cell, nnx.Param, ...)
-
-  def loss(params, carry, x):
-    (c, h), _ = nnx.merge(graphdef, params, rest).step_inputs(carry, x)
-    return jnp.sum(jnp.tanh(c) * h)
-
-  def value_and_grads():
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(
-      params, carry, x
-    )
-
-  assert cell._uses_conv_sum(x)
-  got = value_and_grads()
-  monkeypatch.setattr(convlstm, 'CONV_SUM_MAX_CHANNELS', 0)
-  assert not cell._uses_conv_sum(x)
-  want = value_and_grads()
-  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-  for g, e in zip(
-    jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True
-  ):
-    scale = float(jnp.max(jnp.abs(e)))
-    assert scale > 0
-    assert float(jnp.max(jnp.abs(g - e))) / scale < 1e-5
-
-
-def test_only_few_channel_stride_1_steps_use_conv_sum():
-  x = jnp.zeros((1, 9, 9, 3))
-  assert ConvLSTMCell(3, 4, rngs=nnx.Rngs(0))._uses_conv_sum(x)
-  assert not ConvLSTMCell(
-    3, 4, strides=(2, 2), rngs=nnx.Rngs(0)
-  )._uses_conv_sum(x)
-  assert not ConvLSTMCell(8, 14, rngs=nnx.Rngs(0))._uses_conv_sum(
-    jnp.zeros((1, 9, 9, 8))
-  )

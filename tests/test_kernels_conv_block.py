@@ -1,19 +1,18 @@
-"""conv_block.conv_relu_pool computes what conv2d -> ReLU -> max_pool
-computes under autodiff: outputs and the gradients of x, kernel and bias, for
-several strip widths, pools that drop a remainder, and tied maxima (flat
-image regions)."""
+"""conv_block.conv_relu_pool, the CPU's XLA formulation of a first frame-CNN
+block, computes what `reference.conv_relu_pool` computes under autodiff:
+outputs and the gradients of x, kernel and bias, for several strip widths,
+pools that drop a remainder, and tied maxima (flat image regions)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpr.models import conv_block, layers
+from hpr.kernels import conv_block, reference
 
 
 def plain(x, kernel, bias, pool):
-  y = layers.conv2d(x, kernel, (1, 1), 'same') + bias
-  return layers.max_pool(jax.nn.relu(y), (pool, pool), 'valid')
+  return reference.conv_relu_pool(x, kernel, bias, pool)
 
 
 def inputs(shape, features, ties):
@@ -99,7 +98,7 @@ def test_strip_kernel_maps_strip_patches_to_the_conv(strip):
   )
   np.testing.assert_allclose(
     strips.reshape(2, 8, 8, 4),
-    layers.conv2d(x, kernel, (1, 1), 'same'),
+    reference.conv2d(x, kernel, (1, 1), 'same'),
     rtol=1e-5,
     atol=1e-6,
   )

@@ -1,11 +1,12 @@
 """The LRCN's per-frame block, conv ('same', stride 1) + bias + ReLU + max
 pool (window = stride, 'valid'), as one op with a hand-written backward pass.
 
-This is the XLA version, for every backend; on the CPU FrameCNN runs the
-seed's blocks as `hpr.models.native_block`'s compiled kernels, which
-compute the same numbers (the same mask, the same split of tied maxima).
+This is an XLA formulation tuned for the CPU, where 'auto' uses it for a
+first block (few input channels) that `hpr.kernels.native_block`'s compiled
+kernels do not take; those compute the same numbers (the same mask, the
+same split of tied maxima).
 
-The numbers are those of `layers.conv2d` -> ReLU -> `layers.max_pool` under
+The numbers are those of `reference.conv_relu_pool` under
 autodiff (a pooled gradient is split evenly between tied maxima, as JAX's
 `reduce_max` splits it), computed in fewer passes over the full-resolution
 activations, which on a CPU cost more than the arithmetic:
@@ -29,12 +30,7 @@ product (flat image regions) can differ in their last bit, so the input's
 gradient may go to another pixel of the tie; the kernel's and the bias'
 cannot tell, since the tied pixels of a flat region read the same patch.
 
-On the 2-core CPU of benchmarks/README.md the op makes the seed LRCN's
-training step about 1.4x faster than plain autodiff (1.15-1.2x from its
-first version, which kept patches and pre-activations, 1.2x more from the
-bit mask; the first block went from more than half of the step's CPU time
-to about a third). On the second block (16 input channels) it gains
-nothing measurable, so FrameCNN uses it for its first block only.
+Its measured effect on the CPU is in benchmarks/README.md.
 """
 
 import functools
@@ -43,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpr.models import layers
+from hpr.kernels.reference import same_padding
 
 Array = jax.Array
 
@@ -88,7 +84,7 @@ def conv_relu_pool(
 def strip_patches(x: Array, kernel_size, strip: int) -> Array:
   """(N, H, W, C) -> (N, H, W / strip, kh (kw + strip - 1) C): for each
   strip of `strip` output pixels of a 'same' conv, the input pixels it
-  reads, ordered (dy, dx, c). strip=1 gives `layers.patches`."""
+  reads, ordered (dy, dx, c). strip=1 gives `im2col.patches`."""
   return jnp.concatenate(_strip_slices(x, kernel_size, strip), axis=-1)
 
 
@@ -97,9 +93,8 @@ def strip_patches_t(x: Array, kernel_size, strip: int) -> Array:
 
   Built from the padded input with its channels (of a group of `strip`
   pixels, where `_strip_slices` groups them) moved first, once, so that
-  every slice is contiguous along the width: 1.05-1.06x faster for the
-  seed LRCN's training step than one strided slice per channel
-  (benchmarks/README.md)."""
+  every slice is contiguous along the width, which XLA:CPU copies faster
+  than one strided slice per channel (benchmarks/README.md)."""
   return jnp.concatenate(
     _strip_slices(x, kernel_size, strip, channels_first=True), axis=0
   )
@@ -115,8 +110,8 @@ def _strip_slices(x, kernel_size, strip, channels_first=False):
   kh, kw = kernel_size
   height, width = x.shape[1:3]
   pads = (
-    layers.same_padding(height, kh, 1),
-    layers.same_padding(width, kw, 1),
+    same_padding(height, kh, 1),
+    same_padding(width, kw, 1),
   )
   x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   n, padded_h, padded_w, channels = x.shape
@@ -124,9 +119,8 @@ def _strip_slices(x, kernel_size, strip, channels_first=False):
     # The pixels of each strip's patch row are whole groups of `strip`
     # neighbours: contiguous slices of the padded image seen as rows of
     # groups (the same memory), fewer and wider than one per dx, which
-    # XLA:CPU copies faster. The seed LRCN's training step (strip 2: 6
-    # slices of 6 channels, not 12 strided ones of 3) is 1.09-1.14x faster
-    # at batch 32 and 1.14x at batch 4 (benchmarks/README.md).
+    # XLA:CPU copies faster (strip 2: 6 slices of 6 channels, not 12
+    # strided ones of 3; benchmarks/README.md).
     x = x.reshape(n, padded_h, padded_w // strip, strip * channels)
     cols = [slice(j, j + width // strip) for j in range((kw - 1) // strip + 1)]
   else:
@@ -175,9 +169,8 @@ def _forward(xs, chunk, kernel, bias, pool, strip):
   # the pooled gradient goes to them, split evenly (none where the maximum
   # is <= 0, where ReLU's gradient is 0). One window position at a time,
   # each bit a scalar: an array of the bits broadcast over the windows is
-  # loop-invariant, so XLA hoists it out of FrameCNN's chunk loop as a
-  # materialised (N, H, W, F) int32 array that every chunk then reads (the
-  # seed LRCN's training step at batch 32 was 4-8% slower that way).
+  # loop-invariant, and XLA would hoist it out of an enclosing loop as a
+  # materialised (N, H, W, F) int32 array that every iteration then reads.
   positive = peak > 0
   mask = sum(
     jnp.where(

@@ -2,8 +2,8 @@
 // 'same' input padding, 'same' recurrent padding, tanh activation, Keras
 // 2's hard sigmoid gates, recurrent dropout as a fixed mask on h), as two
 // XLA FFI handlers: the forward pass over all time steps, and the backward
-// pass through time from its residuals. hpr/models/native_convlstm.py calls
-// them; setup.py builds this file into hpr/_conv_lstm*.so.
+// pass through time from its residuals. hpr/kernels/native_convlstm.py calls
+// them; setup.py builds this file into hpr/kernels/_conv_lstm*.so.
 //
 // Shapes (time-major): x (T, N, H, W, C), kernel (kh, kw, C, G), recurrent
 // kernel (kh, kw, F, G), bias (G), mask (N, H', W', F), G = 4 F gates in

@@ -1,25 +1,22 @@
-"""A whole ConvLSTM layer (`hpr.models.convlstm.ConvLSTM` on a time-major
-input) as compiled CPU kernels called through XLA's FFI.
+"""A whole ConvLSTM layer (`reference.convlstm_layer`) as compiled CPU
+kernels called through XLA's FFI.
 
-`hpr/native/conv_lstm.cc`, built with the package (`pip install`) as
-`hpr/_conv_lstm*.so`, runs the forward pass over all time steps and the
-backward pass through time, each clip on one thread with its step's gates,
-state and gradients in cache: per pixel the input and recurrent
-convolutions accumulate all 4F gates in G / 16 vectors (one AVX-512
-register for the seed's first layer, F = 4), the gate math runs on rows of
-the step, and the backward pass keeps each step's gate gradient for the
-kernels' gradients and the input's and the previous state's. Under XLA the
-same layer is 80 sequential steps per pass of short, memory-bound ops on 4
-to 16 channels.
+`hpr/kernels/native/conv_lstm.cc`, built with the package (`pip install`) as
+`hpr/kernels/_conv_lstm*.so`, runs the forward pass over all time steps and
+the backward pass through time, each clip on one thread with its step's
+gates, state and gradients in cache: per pixel the input and recurrent
+convolutions accumulate all 4F gates in G / 16 vectors, the gate math runs
+on rows of the step, and the backward pass keeps each step's gate gradient
+for the kernels' gradients and the input's and the previous state's.
 
 The forward pass keeps, for the backward pass, every step's cell state and
-activated gates (for the seed's first layer at batch 32, 200 MB). What it
-computes is `ConvLSTMCell` with tanh activation and Keras 2's hard sigmoid
-gates, stride 1, the recurrent dropout mask on h; tanh is Eigen's rational
-approximation (float32, within a few ulp), and the numbers agree with the
-XLA layer to 1e-5 (tests/test_native_convlstm.py). The input's gradient is computed only where it is needed
-(`jax.custom_vjp`'s `symbolic_zeros`: not for the video entering the first
-layer).
+activated gates. What it computes is the reference layer with tanh
+activation and Keras 2's hard sigmoid gates, stride 1, the recurrent dropout
+mask on h; tanh is Eigen's rational approximation (float32, within a few
+ulp), and the numbers agree with the reference to 1e-5
+(tests/test_kernels.py). The input's gradient is computed only where it is
+needed (`jax.custom_vjp`'s `symbolic_zeros`: not for the video entering the
+first layer).
 
 Each op is partitioned along the batch with `custom_partitioning`, so under
 `jax.jit` on a batch sharded over a ('data',) mesh every device runs its
@@ -27,8 +24,8 @@ own clips and the kernels' gradients are summed over the devices with one
 all-reduce. Summation orders are fixed (each clip's in float32, over clips
 in float64, whatever the number of threads), so results are deterministic.
 
-`available()` says whether the library loaded; `supports(...)` whether a
-layer runs here (`ConvLSTM.time_major` falls back to XLA ops otherwise).
+`available()` says whether the library loaded; `supports(...)` whether it
+takes a layer. Measurements are in benchmarks/README.md.
 """
 
 import ctypes
@@ -41,7 +38,7 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hpr.models import layers
+from hpr.kernels.reference import hard_sigmoid, same_padding
 
 Array = jax.Array
 
@@ -57,7 +54,7 @@ _BACKWARD = 'hpr_conv_lstm_backward'
 @functools.cache
 def available() -> bool:
   """Whether the compiled kernels loaded and are registered with XLA."""
-  spec = importlib.util.find_spec('hpr._conv_lstm')
+  spec = importlib.util.find_spec('hpr.kernels._conv_lstm')
   if spec is None or spec.origin is None:
     return False
   try:
@@ -72,25 +69,32 @@ def available() -> bool:
   return True
 
 
-def supports(cell, x_shape, dtype) -> bool:
-  """Whether `conv_lstm` runs here for `cell` (a `ConvLSTMCell`) on a
-  time-major (T, B, H, W, C) input: the library loaded, the default backend
-  is the CPU, float32, stride 1, tanh and Keras 2's hard sigmoid, a bias,
-  4F a multiple of LANES (at most MAX_VECTORS of them), and few enough
-  channels (MAX_CHANNEL_VECTORS)."""
-  features = cell.features
-  vectors = 4 * features // LANES
+def supports(
+  x_shape,
+  kernel_shape,
+  strides,
+  activation,
+  recurrent_activation,
+  has_bias: bool,
+  dtype,
+) -> bool:
+  """Whether `conv_lstm` takes a layer on a time-major (T, B, H, W, C)
+  input with a (kh, kw, C, 4F) kernel: the library loaded, float32, stride
+  1, tanh and Keras 2's hard sigmoid, a bias, 4F a multiple of LANES (at
+  most MAX_VECTORS of them), and few enough channels (MAX_CHANNEL_VECTORS).
+  The caller, under `jax.lax.platform_dependent`, runs it on a CPU only."""
+  gates = kernel_shape[-1]
+  vectors = gates // LANES
   return (
-    jax.default_backend() == 'cpu'
-    and available()
+    available()
     and jnp.dtype(dtype) == jnp.float32
-    and cell.strides == (1, 1)
-    and cell.activation is layers.ACTIVATIONS['tanh']
-    and cell.recurrent_activation is layers.ACTIVATIONS['hard_sigmoid']
-    and cell.bias is not None
-    and (4 * features) % LANES == 0
+    and tuple(strides) == (1, 1)
+    and activation is jnp.tanh
+    and recurrent_activation is hard_sigmoid
+    and has_bias
+    and gates % LANES == 0
     and 1 <= vectors <= MAX_VECTORS
-    and max(x_shape[-1], features) * vectors <= MAX_CHANNEL_VECTORS
+    and max(x_shape[-1], gates // 4) * vectors <= MAX_CHANNEL_VECTORS
     and len(x_shape) == 5
   )
 
@@ -119,19 +123,19 @@ def conv_lstm(
   """
   if not available():
     raise ValueError(
-      'native conv_lstm: the compiled kernels (hpr/_conv_lstm*.so) did not '
-      'load; reinstall hpr with a C++ compiler, or use the XLA layer'
+      'native conv_lstm: the compiled kernels (hpr/kernels/_conv_lstm*.so) '
+      "did not load; reinstall hpr with a C++ compiler, or use impl='reference'"
     )
   kh, kw = kernel.shape[:2]
   if padding == 'same':
     pads = tuple(
-      layers.same_padding(n, k, 1)[0]
+      same_padding(n, k, 1)[0]
       for n, k in zip(x.shape[2:4], (kh, kw), strict=True)
     )
   else:
     pads = (0, 0)
   hpads = tuple(
-    layers.same_padding(n, k, 1)[0]
+    same_padding(n, k, 1)[0]
     for n, k in zip(mask.shape[1:3], (kh, kw), strict=True)
   )
   return _conv_lstm(x, kernel, recurrent_kernel, bias, mask, pads + hpads)

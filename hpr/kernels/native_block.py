@@ -1,41 +1,33 @@
 """The LRCN's conv blocks, conv ('same', stride 1) + bias + ReLU + max pool
 (window = stride, 'valid'), as compiled CPU kernels called through XLA's FFI.
 
-The same numbers as `conv_block.conv_relu_pool` (outputs, the bit mask of
-each window's maxima, gradients split evenly between tied maxima), from
-`hpr/native/conv_relu_pool.cc`, built with the package (`pip install`) as
-`hpr/_conv_relu_pool*.so`. Each pooling window's P x P conv outputs are
-computed at once for 16 output channels (one AVX-512 register; the kernel is
-compiled for AVX-512, AVX2 and plain x86-64, picked when it loads) and
-pooled in registers, so the full-resolution activations never reach
-memory. On the 2-core CPU of benchmarks/README.md that is 7-8x faster than
-the patches + matmul of `conv_block` for the seed LRCN's first block (320
-frames: forward 14 against 107 ms, kernel gradient 14 against 112 ms).
+The same numbers as `reference.conv_relu_pool` (outputs, gradients split
+evenly between tied maxima), from `hpr/kernels/native/conv_relu_pool.cc`,
+built with the package (`pip install`) as `hpr/kernels/_conv_relu_pool*.so`.
+Each pooling window's P x P conv outputs are computed at once for 16 output
+channels (one AVX-512 register; the kernel is compiled for AVX-512, AVX2 and
+plain x86-64, picked when it loads) and pooled in registers, so the
+full-resolution activations never reach memory; the forward pass keeps a bit
+mask of each window's maxima for the backward pass.
 
-The backward pass has two forms. For a multiple of 16 input channels (the
-seed LRCN's blocks 2-4) one kernel computes the input's gradient and the
-kernel's: only a window's maxima carry gradient, so it visits those pixels
-alone, 16 input channels at a time: a sixteenth (pools of 4) to a quarter
-(pools of 2) of a dense transposed conv's multiplications. For the RGB
-frames of a first block the kernel's gradient is native (it reads the
-window's pixels back from the input with the pooled gradient on its
-maxima) and the input's, which XLA drops when nothing asks for it, is an
-XLA op, as is the bias' gradient everywhere.
+The backward pass has two forms. For a multiple of 16 input channels one
+kernel computes the input's gradient and the kernel's: only a window's
+maxima carry gradient, so it visits those pixels alone, 16 input channels at
+a time. For fewer input channels (the RGB frames of a first block) the
+kernel's gradient is native and the input's, which XLA drops when nothing
+asks for it, is an XLA op, as is the bias' gradient everywhere.
 
 Each call splits its images, in fixed blocks, between the calling thread
-and XLA's intra-op thread pool (neutral on the 2-core CPU, where each of
-the two devices already runs its half of the batch on one core; it matters
-with fewer devices than cores). Each op is partitioned along the batch with
+and XLA's intra-op thread pool. Each op is partitioned along the batch with
 `custom_partitioning`, so under `jax.jit` on a batch sharded over a
 ('data',) mesh every device runs its own part, and the kernel's gradient is
 summed over the devices with one all-reduce. Summation orders are fixed
 (in float32 within a block of images, over blocks in float64, whatever the
-number of threads), so results are deterministic; they differ from
-`conv_block`'s in the last bits.
+number of threads), so results are deterministic.
 
 `available()` says whether the library loaded (it is built on Linux and
-macOS; FrameCNN falls back to `conv_block` and XLA ops where it is missing,
-or where the default backend is not the CPU).
+macOS); `supports(...)` whether it takes a block. Measurements are in
+benchmarks/README.md.
 """
 
 import ctypes
@@ -48,7 +40,8 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hpr.models import conv_block, layers
+from hpr.kernels import conv_block, im2col
+from hpr.kernels.reference import same_padding
 
 Array = jax.Array
 
@@ -63,7 +56,7 @@ _BACKWARD = 'hpr_conv_relu_pool_backward'
 @functools.cache
 def available() -> bool:
   """Whether the compiled kernels loaded and are registered with XLA."""
-  spec = importlib.util.find_spec('hpr._conv_relu_pool')
+  spec = importlib.util.find_spec('hpr.kernels._conv_relu_pool')
   if spec is None or spec.origin is None:
     return False
   try:
@@ -81,12 +74,11 @@ def available() -> bool:
 
 def supports(shape, kernel_shape, pool: int, dtype) -> bool:
   """Whether `conv_relu_pool` runs here for (N, H, W, C) frames and a (kh,
-  kw, C, F) kernel: the library loaded, the default backend is the CPU,
-  float32, F a multiple of LANES, pool in POOLS, and at least one pooled
-  pixel."""
+  kw, C, F) kernel: the library loaded, float32, F a multiple of LANES,
+  pool in POOLS, and at least one pooled pixel (the caller, under
+  `jax.lax.platform_dependent`, runs it on a CPU only)."""
   return (
-    jax.default_backend() == 'cpu'
-    and available()
+    available()
     and jnp.dtype(dtype) == jnp.float32
     and kernel_shape[-1] % LANES == 0
     and pool in POOLS
@@ -110,14 +102,14 @@ def conv_relu_pool(x: Array, kernel: Array, bias: Array, pool: int) -> Array:
     raise ValueError(
       f'native conv_relu_pool does not run for frames {x.shape} '
       f'{jnp.dtype(x.dtype)}, kernel {kernel.shape}, pool {pool} '
-      f'(backend {jax.default_backend()}, library loaded: {available()})'
+      f'(library loaded: {available()})'
     )
   return _conv_relu_pool(x, kernel, bias, pool)
 
 
 def _pads(kernel_shape) -> tuple[int, int]:
   """TensorFlow's 'same' padding before the first row and column."""
-  return tuple(layers.same_padding(1, k, 1)[0] for k in kernel_shape[:2])
+  return tuple(same_padding(1, k, 1)[0] for k in kernel_shape[:2])
 
 
 def _attrs(pool, pads):
@@ -285,7 +277,7 @@ def _input_grad(x, kernel, mask, g, pool):
   window's maxima, through the transposed conv (patches' transpose)."""
   dy = conv_block.spread_pooled_grad(mask, g, pool, x.shape[1:3])
   patches_t = jax.linear_transpose(
-    lambda x: layers.patches(x, kernel.shape[:2], (1, 1), 'same'),
+    lambda x: im2col.patches(x, kernel.shape[:2], (1, 1), 'same'),
     jax.ShapeDtypeStruct(x.shape, x.dtype),
   )
   (dx,) = patches_t(dy @ kernel.reshape(-1, kernel.shape[-1]).T)

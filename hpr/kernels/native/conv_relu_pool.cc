@@ -1,11 +1,11 @@
 // The LRCN's conv blocks on CPU, conv ('same', stride 1) + bias + ReLU +
 // max pool (window = stride, 'valid'), as three XLA FFI handlers: the
 // forward pass (pooled output and the bit mask of each window's maxima, as
-// hpr/models/conv_block.py defines them), the kernel's gradient from the
+// hpr/kernels/conv_block.py defines them), the kernel's gradient from the
 // mask and the pooled gradient (for any number of input channels), and the
 // whole backward pass, input's and kernel's gradients, for a multiple of 16
-// input channels. hpr/models/native_block.py calls them; setup.py builds
-// this file into hpr/_conv_relu_pool*.so.
+// input channels. hpr/kernels/native_block.py calls them; setup.py builds
+// this file into hpr/kernels/_conv_relu_pool*.so.
 
 #include <algorithm>
 #include <cstdint>

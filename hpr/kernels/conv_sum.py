@@ -2,21 +2,14 @@
 one XLA convolution of the inputs side by side, with a hand-written backward
 pass that XLA:CPU runs fast.
 
-The ConvLSTM's first two layers (3 + 4 and 4 + 8 input and hidden channels
-in the notebook's network, `hpr.models.convlstm.CONV_SUM_MAX_CHANNELS`) use
-it for their input and recurrent convolutions, packed two pixels a row, and
-the LRCN's FrameCNN for its blocks
-after the first on inputs of 4x4 pixels or more where the compiled kernels
-of `hpr.models.native_block` do not take them (on a GPU, or without the
-kernels; `hpr.models.lrcn.CONV_OP_MIN_SIZE`). With so
-few channels XLA's convolution needs no im2col patches (9x the input, built and read back): for one step
-of 16 clips, outside a loop, it is as fast as patches + matmul forward (2.7
-vs 2.5 ms) and twice as fast forward + backward (8.2 vs 17.5 ms), but only
-while its gradients are convolutions in XLA:CPU's canonical layout (batch,
-rows, cols, features; kernel rows, cols, in, out). Under plain
-autodiff inside the ConvLSTM's time loop XLA emits them in other layouts,
-and the ConvLSTM's training step ran 2.3x slower than with im2col with the
-first layer so (benchmarks/README.md). Here:
+On the CPU, 'auto' uses it for the input and recurrent convolutions of
+ConvLSTM layers with few channels (packed two pixels a row) and for the
+frame-CNN blocks on inputs of 4x4 pixels or more, where the compiled kernels
+do not take them (`hpr.kernels.cpu`). With so few channels XLA's convolution
+needs no im2col patches (9x the input, built and read back), but only while
+its gradients are convolutions in XLA:CPU's canonical layout (batch, rows,
+cols, features; kernel rows, cols, in, out); under plain autodiff inside a
+time loop XLA emits them in other layouts, several times slower. Here:
 
 - the input gradients are one convolution per input, of the output gradient
   with that input's flipped kernel, so one whose gradient is not used (the
@@ -30,11 +23,9 @@ With `pixels_per_row=p` the forward convolution and the input gradients run
 on rows of p pixels packed into one (`_packed`: the same memory, p times the
 channels), through a kernel that maps p input pixels to p output pixels
 (`_packed_kernel`); then the input gradients are one convolution for all
-inputs, sliced apart (the video's too: one per input, so that an unused one
-is dropped, made the ConvLSTM's step 1.02-1.06x slower). XLA:CPU's convolution runs faster on more channels:
-for one step of the ConvLSTM's first layer (16 clips) the forward
-convolution takes 3.3 instead of 3.7 ms, the input gradient 2.2 instead of
-4.2 ms (the kernel gradient is 2x slower packed, so it is not).
+inputs, sliced apart. XLA:CPU's convolution runs faster on more channels
+(the kernel gradient does not, so it is computed unpacked). Measurements
+are in benchmarks/README.md.
 
 The numbers are those of `jax.lax.conv_general_dilated` under autodiff up to
 float rounding (summation order).
@@ -49,9 +40,8 @@ Array = jax.Array
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
-# XLA:CPU's convolution to 4 channels is slower than to 8 (16 x 62x62x16
-# -> 4: 3.2 ms, -> 8: 2.3 ms), so input gradients are computed for
-# channels padded to a multiple of 8 and sliced.
+# XLA:CPU's convolution to 4 channels is slower than to 8, so input
+# gradients are computed for channels padded to a multiple of 8 and sliced.
 _MIN_OUT = 8
 
 
