@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
   summary = {
     'command': 'python -m experiments.next_frame.train '
     + ' '.join(sys.argv[1:] if argv is None else argv),
-    'args': {k: v for k, v in vars(args).items()},
+    'args': vars(args),
     'date_utc': datetime.datetime.now(datetime.UTC).isoformat(
       timespec='seconds'
     ),
