@@ -8,6 +8,9 @@ Running the same command again resumes from the workdir's latest checkpoint.
 `--mode=evaluate` without --config uses the workdir's config.json.
 User mistakes (a bad config key or value, a missing file, a checkpoint of
 another model) end with one line `hpr: error: ...` and a non-zero exit code.
+Several processes (hosts, SLURM tasks, a TPU VM slice) run the same command
+with --coordinator_address, --num_processes and --process_id, or what their
+launcher sets; see docs/launching.md.
 """
 
 import logging as std_logging

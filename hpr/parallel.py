@@ -90,9 +90,12 @@ def _connect_errors_raise() -> Iterator[None]:
   jax.distributed.initialize creates its runtime client without an error
   callback, and such a client ends the process (a fatal C++ log and a stack
   trace, SIGABRT) when the processes do not all connect within the
-  timeout. With any callback, `connect` raises instead. jax offers no
-  argument for it, so the client factory it calls is wrapped while it
-  runs; if jax's internals differ, the default behaviour stays.
+  timeout. With any callback, `connect` raises instead (jaxlib cannot pass
+  the callback its status and raises std::bad_cast, a RuntimeError in
+  `connect`; when the runtime later reports a dead peer, the same error
+  ends the process, as the default does, with a shorter message). jax
+  offers no argument for it, so the client factory it calls is wrapped
+  while it runs; if jax's internals differ, the default behaviour stays.
   """
   try:
     from jax._src import distributed as jax_distributed
