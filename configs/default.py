@@ -120,6 +120,10 @@ def get_config() -> ml_collections.ConfigDict:
   # fastest when the step is lowered (the compiled kernels on a CPU, the
   # reference elsewhere); 'reference' runs the portable reference everywhere.
   m.impl = 'auto'
+  # Compute dtype: 'float32' or 'bfloat16' (for accelerators; on a CPU it
+  # runs the reference, slower). Parameters, optimizer state, loss, metrics
+  # and checkpoints stay float32 either way.
+  m.dtype = 'float32'
   # Keyword arguments of each model's constructor; only the chosen one is
   # used. ConvLSTM is the notebook's network; LRCN and SingleFrame share a
   # smaller encoder (see below).

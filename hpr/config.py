@@ -30,6 +30,7 @@ _CHOICES = {
   'model.convlstm.head': ('flatten', 'avgpool'),
   'model.lrcn.readout': ('last', 'mean'),
   'model.impl': ('auto', 'reference'),
+  'model.dtype': ('float32', 'bfloat16'),
   'input.train_crop': ('resize', 'random_resized', 'scale_jitter'),
   'input.eval_crop': ('resize', 'center'),
   'eval.num_test_crops': (1, 3),

@@ -168,6 +168,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
       num_classes=num_classes,
       input_shape=input_shape,
       impl=config.model.impl,
+      dtype=config.model.dtype,
       rngs=nnx.Rngs(params=config.seed, dropout=config.seed),
     )
   except ValueError as e:  # The model rejects its arguments or input size.

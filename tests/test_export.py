@@ -1,8 +1,9 @@
 """The train and eval steps of every model lower for cuda and tpu from this
 CPU host, and export (`jax.export`) for cuda, tpu and cpu, at the seed
-shapes (20 frames of 64x64, batch 8): the accelerator programs hold no call
-of hpr's CPU kernels, so a model change that could not run on an
-accelerator fails here. Trace and lower only; nothing is compiled or run."""
+shapes (20 frames of 64x64, batch 8), in float32 and bfloat16: the
+accelerator programs hold no call of hpr's CPU kernels, so a model change
+that could not run on an accelerator fails here. Trace and lower only;
+nothing is compiled or run."""
 
 import jax
 import jax.numpy as jnp
@@ -93,3 +94,21 @@ def test_reference_steps_export_for_the_cpu(name):
     exported = export(fn, args, ('cpu',))
     assert not cpu_calls(exported.mlir_module())
     assert exported.serialize()
+
+
+@pytest.mark.parametrize('name', ['lrcn', 'convlstm', 'single_frame'])
+def test_bfloat16_steps_export_for_accelerators(name):
+  config = seed_config(name)
+  config.model.dtype = 'bfloat16'
+  for fn, args in steps(config):
+    exported = export(fn, args, ('cuda', 'tpu'))
+    module = exported.mlir_module()
+    assert not cpu_calls(module)
+    assert 'bf16' in module
+    # The parameters and the returned values (logits, loss) stay float32.
+    assert {str(a.dtype) for a in exported.out_avals} <= {
+      'float32',
+      'int32',
+      'uint32',
+      'key<fry>',
+    }

@@ -243,7 +243,9 @@ def test_build_model_unknown_kwarg():
   assert 'lstm_features' in str(info.value)
 
 
-@pytest.mark.parametrize('key', ['num_classes', 'input_shape', 'rngs'])
+@pytest.mark.parametrize(
+  'key', ['num_classes', 'input_shape', 'impl', 'dtype', 'rngs']
+)
 def test_build_model_rejects_build_args_in_kwargs(key):
   with pytest.raises(ValueError, match=f"'{key}'"):
     models.build_model(

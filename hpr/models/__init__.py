@@ -21,7 +21,7 @@ MODELS = {
 }
 
 # Supplied by build_model itself, never by the config's model.<name>.
-_BUILD_ARGS = ('num_classes', 'input_shape', 'impl', 'rngs')
+_BUILD_ARGS = ('num_classes', 'input_shape', 'impl', 'dtype', 'rngs')
 
 
 def build_model(
@@ -31,6 +31,7 @@ def build_model(
   num_classes: int,
   input_shape: tuple,
   impl: str = 'auto',
+  dtype: str = 'float32',
   rngs: nnx.Rngs,
 ) -> nnx.Module:
   """Builds a model of `MODELS` from its constructor keywords.
@@ -42,6 +43,8 @@ def build_model(
     input_shape: (T, H, W, C) of one clip.
     impl: how the named primitives run (hpr.kernels): 'auto' (the
       platform's fastest, chosen when the step is lowered) or 'reference'.
+    dtype: compute dtype, 'float32' or 'bfloat16'; parameters and the
+      returned logits are float32 either way.
     rngs: 'params' and 'dropout' streams.
 
   Returns:
@@ -65,6 +68,7 @@ def build_model(
     num_classes=num_classes,
     input_shape=tuple(input_shape),
     impl=impl,
+    dtype=dtype,
     rngs=rngs,
     **kwargs,
   )

@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from hpr.models import layers
@@ -29,6 +30,7 @@ class SingleFrame(nnx.Module):
     pool_sizes: Sequence[int] = (4, 4, 2, 2),
     dropout: float = 0.25,
     impl: str = 'auto',
+    dtype: str = 'float32',
     rngs: nnx.Rngs,
   ):
     """Builds the model.
@@ -41,8 +43,10 @@ class SingleFrame(nnx.Module):
       pool_sizes: square max-pool window of each conv block.
       dropout: dropout rate after every conv block but the last.
       impl: how the conv blocks run, 'auto' or 'reference' (hpr.kernels).
+      dtype: compute dtype, 'float32' or 'bfloat16' (parameters float32).
       rngs: 'params' and 'dropout' streams.
     """
+    self.dtype = layers.compute_dtype(dtype)
     self.encoder = FrameCNN(
       input_shape[1:],
       conv_features=conv_features,
@@ -56,9 +60,11 @@ class SingleFrame(nnx.Module):
       self.encoder.out_features,
       num_classes,
       kernel_init=layers.glorot_uniform,
+      dtype=self.dtype,
       rngs=rngs,
     )
 
   def __call__(self, x: Array) -> Array:
     # x: (B, T, H, W, C) -> per-frame logits: (B, T, K) -> (B, K)
-    return layers.log_mean_softmax(self.dense(self.encoder(x)), axis=1)
+    logits = self.dense(self.encoder(x.astype(self.dtype)))
+    return layers.log_mean_softmax(logits.astype(jnp.float32), axis=1)

@@ -48,10 +48,8 @@ class ConvLSTMCell(recurrent.KerasLSTMCellBase):
     'dropout' for recurrent dropout."""
     if padding.lower() not in ('valid', 'same'):
       raise ValueError(f"padding must be 'valid' or 'same', got '{padding}'")
-    self.features = features
-    self.kernel_size = tuple(kernel_size)
-    self.strides = tuple(strides)
-    self.padding = padding.lower()
+    self.features, self.kernel_size = features, tuple(kernel_size)
+    self.strides, self.padding = tuple(strides), padding.lower()
     shape = (*self.kernel_size, in_features, 4 * features)
     self.kernel = nnx.Param(layers.glorot_uniform(rngs.params(), shape))
     shape = (*self.kernel_size, features, 4 * features)
@@ -63,7 +61,7 @@ class ConvLSTMCell(recurrent.KerasLSTMCellBase):
   def project_inputs(self, x: Array) -> Array:
     # x: (..., H, W, C) -> (..., H', W', 4F)
     z = layers.conv2d(x, self.kernel[...], self.strides, self.padding)
-    return z if self.bias is None else z + self.bias[...]
+    return z if self.bias is None else z + self.bias[...].astype(z.dtype)
 
   def project_hidden(self, h: Array) -> Array:
     # h: (..., H', W', F) -> (..., H', W', 4F)
@@ -118,8 +116,7 @@ class ConvLSTM(nnx.Module):
     self.impl = kernels.check_impl(impl)
 
   def __call__(self, x: Array, *, time_major: bool = False) -> Array:
-    # x: (B, T, H, W, C) -> (B, T, H', W', F); time_major: (T, B, ...) in
-    # and out. Without return_sequences: the last step, (B, H', W', F).
+    # x: (B, T, H, W, C) -> (B, T, H', W', F); time_major: (T, B, ...).
     cell = self.cell
     xs = x if time_major else jnp.swapaxes(x, 0, 1)
     mask = cell.recurrent_dropout_mask(cell.initialize_carry(xs.shape[1:])[1])
@@ -164,6 +161,7 @@ class ConvLSTMClassifier(nnx.Module):
     dropout: float = 0.2,
     head: str = 'flatten',
     impl: str = 'auto',
+    dtype: str = 'float32',
     rngs: nnx.Rngs,
   ):
     """Builds the classifier.
@@ -176,12 +174,14 @@ class ConvLSTMClassifier(nnx.Module):
     `pool_size` is the spatial max pool's after each layer, `dropout` the
     rate after all but the last; `head` is 'flatten' (Flatten -> Dense, the
     notebook) or 'avgpool' (global average over time and space -> Dense);
-    `impl` is 'auto' or 'reference' (hpr.kernels).
+    `impl` is 'auto' or 'reference' (hpr.kernels); `dtype` the compute
+    dtype, 'float32' or 'bfloat16' (parameters and logits float32).
     """
     if head not in ('flatten', 'avgpool'):
       raise ValueError(f"head must be 'flatten' or 'avgpool', got '{head}'")
     num_frames, height, width, channels = input_shape
     self.pool_size, self.head = tuple(pool_size), head
+    self.dtype = layers.compute_dtype(dtype)
     self.convlstms, self.dropouts = nnx.List(), nnx.List()
     for i, features in enumerate(filters):
       layer = ConvLSTM(
@@ -208,14 +208,15 @@ class ConvLSTMClassifier(nnx.Module):
         )
     if head == 'flatten':
       channels *= num_frames * height * width
+    init = layers.glorot_uniform
     self.dense = nnx.Linear(
-      channels, num_classes, kernel_init=layers.glorot_uniform, rngs=rngs
+      channels, num_classes, kernel_init=init, dtype=self.dtype, rngs=rngs
     )
 
   def __call__(self, x: Array) -> Array:
     # x: (B, T, H, W, C) -> logits: (B, num_classes). Time-major inside, so
     # no layer's input or output is transposed for its time loop.
-    x = jnp.swapaxes(x, 0, 1)
+    x = jnp.swapaxes(x.astype(self.dtype), 0, 1)
     for i, convlstm in enumerate(self.convlstms):
       x = convlstm(x, time_major=True)
       x = layers.max_pool(x, self.pool_size, 'same')
@@ -227,11 +228,10 @@ class ConvLSTMClassifier(nnx.Module):
   def input_projection(self, x: Array) -> Array:
     """The first layer's input convolution, (..., H, W, C) -> (..., H', W',
     4F): the only part that sees each frame on its own."""
-    return self.convlstms[0].cell.project_inputs(x)
+    return self.convlstms[0].cell.project_inputs(x.astype(self.dtype))
 
   def from_input_projection(self, gates_x: Array) -> Array:
-    """Logits (B, num_classes) from `input_projection` of a (B, T, ...)
-    clip."""
+    """Logits (B, num_classes) from `input_projection` of a clip."""
     x = recurrent.run_lstm_projected(self.convlstms[0].cell, gates_x)
     for i, convlstm in enumerate(self.convlstms):
       x = x if i == 0 else convlstm(x)
@@ -247,4 +247,4 @@ class ConvLSTMClassifier(nnx.Module):
       x = x.reshape(x.shape[0], -1)
     else:
       x = jnp.mean(x, axis=(1, 2, 3))
-    return self.dense(x)
+    return self.dense(x).astype(jnp.float32)  # Softmax and loss in float32.

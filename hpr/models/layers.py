@@ -149,6 +149,16 @@ class Conv2D(nnx.Module):
     return y + self.bias[...]
 
 
+DTYPES = ('float32', 'bfloat16')
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+  """A model's compute dtype from 'float32' or 'bfloat16' (or the dtype)."""
+  if jnp.dtype(dtype).name not in DTYPES:
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got '{dtype}'")
+  return jnp.dtype(dtype)
+
+
 def log_mean_softmax(logits: Array, axis: int) -> Array:
   """log(mean(softmax(logits), axis)): averaged predictions as logits.
 
@@ -164,6 +174,7 @@ __all__ = [
   'Activation',
   'Conv2D',
   'apply_dropout_mask',
+  'compute_dtype',
   'conv2d',
   'conv_output_size',
   'dropout_mask',

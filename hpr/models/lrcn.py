@@ -4,6 +4,7 @@ encoder followed by an LSTM over the frame features."""
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from hpr import kernels
@@ -75,6 +76,7 @@ class LRCN(nnx.Module):
     lstm_features: int = 32,
     readout: str = 'last',
     impl: str = 'auto',
+    dtype: str = 'float32',
     rngs: nnx.Rngs,
   ):
     """Builds the model.
@@ -89,11 +91,12 @@ class LRCN(nnx.Module):
       lstm_features: LSTM hidden size.
       readout: 'last' or 'mean' (see the class docstring).
       impl: how the conv blocks run, 'auto' or 'reference' (hpr.kernels).
+      dtype: compute dtype, 'float32' or 'bfloat16' (parameters float32).
       rngs: 'params' and 'dropout' streams.
     """
     if readout not in ('last', 'mean'):
       raise ValueError(f"readout must be 'last' or 'mean', got '{readout}'")
-    self.readout = readout
+    self.readout, self.dtype = readout, layers.compute_dtype(dtype)
     self.encoder = FrameCNN(
       input_shape[1:],
       conv_features=conv_features,
@@ -110,12 +113,17 @@ class LRCN(nnx.Module):
       rngs=rngs,
     )
     self.dense = nnx.Linear(
-      lstm_features, num_classes, kernel_init=layers.glorot_uniform, rngs=rngs
+      lstm_features,
+      num_classes,
+      kernel_init=layers.glorot_uniform,
+      dtype=self.dtype,
+      rngs=rngs,
     )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     # x: (B, T, H, W, C) -> features: (B, T, D) -> logits: (B, num_classes)
-    logits = self.dense(self.lstm(self.encoder(x)))
+    logits = self.dense(self.lstm(self.encoder(x.astype(self.dtype))))
+    logits = logits.astype(jnp.float32)  # Softmax and loss in float32.
     if self.readout == 'mean':
       # logits: (B, T, num_classes) -> (B, num_classes)
       logits = layers.log_mean_softmax(logits, axis=1)

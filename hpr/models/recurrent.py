@@ -183,13 +183,13 @@ class LSTMCell(KerasLSTMCellBase):
     self._init_gates(activation, recurrent_activation, recurrent_dropout, rngs)
 
   def project_inputs(self, x: Array) -> Array:
-    # x: (..., in) -> (..., 4h)
-    z = x @ self.kernel[...]
-    return z if self.bias is None else z + self.bias[...]
+    # x: (..., in) -> (..., 4h), in x's dtype.
+    z = x @ self.kernel[...].astype(x.dtype)
+    return z if self.bias is None else z + self.bias[...].astype(z.dtype)
 
   def project_hidden(self, h: Array) -> Array:
     # h: (..., h) -> (..., 4h)
-    return h @ self.recurrent_kernel[...]
+    return h @ self.recurrent_kernel[...].astype(h.dtype)
 
   def initialize_carry(self, input_shape, rngs=None, carry_init=None):
     """Zero (c, h) for inputs of shape (*batch, in); rngs are unused."""
