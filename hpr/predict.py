@@ -91,13 +91,10 @@ def load_predictor(workdir: str, step: int | None = None) -> Predictor:
   from flax import nnx
 
   from hpr import checkpoint, evaluate, train_state
+  from hpr import workdir as workdir_lib
 
   config = evaluate.load_workdir_config(workdir)
-  names_path = os.path.join(workdir, 'class_names.json')
-  if not os.path.exists(names_path):
-    raise UserError(f'{workdir} has no class_names.json')
-  with open(names_path) as f:
-    class_names = json.load(f)
+  class_names = workdir_lib.read_class_names(workdir)
   ckpts, step = evaluate.choose_checkpoint(workdir, step)
   model = train_state.build_model(config, len(class_names))
   model.eval()
