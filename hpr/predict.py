@@ -82,32 +82,17 @@ class Predictor:
 
 def load_predictor(workdir: str, step: int | None = None) -> Predictor:
   """Rebuilds the model of `workdir` from its config.json and restores its
-  best checkpoint (or `step`).
+  best checkpoint (or `step`), as `hpr.workdir.load_trained` does.
 
   Raises:
     UserError: not a workdir, no checkpoints, or a checkpoint that does not
       fit the config.
   """
-  from flax import nnx
-
-  from hpr import checkpoint, evaluate, train_state
   from hpr import workdir as workdir_lib
 
-  config = evaluate.load_workdir_config(workdir)
-  class_names = workdir_lib.read_class_names(workdir)
-  ckpts, step = evaluate.choose_checkpoint(workdir, step)
-  model = train_state.build_model(config, len(class_names))
-  model.eval()
-  graphdef, rng, params = nnx.split(model, nnx.RngState, ...)
-  tree, _ = ckpts.restore_untyped(step)
-  ckpts.close()
-  fitted = checkpoint.fit_to(
-    tree['model'],
-    nnx.to_pure_dict(params),
-    f'checkpoint {ckpts.directory}/{step}',
+  model, config, class_names, step = workdir_lib.load_trained_step(
+    workdir, step
   )
-  nnx.replace_by_pure_dict(params, fitted)
-  model = nnx.merge(graphdef, rng, params)
   return make_predictor(config, class_names, step, model)
 
 

@@ -20,10 +20,15 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from absl import logging
 
 from hpr.errors import UserError
+
+if TYPE_CHECKING:  # Not at run time: `import hpr` stays light.
+  import ml_collections
+  from flax import nnx
 
 LOCK_FILE = '.hpr.lock'
 
@@ -189,3 +194,57 @@ def read_class_names(workdir: str) -> list[str]:
       'list of class names'
     )
   return names
+
+
+def load_trained_step(
+  workdir: str, step: int | None = None
+) -> tuple['nnx.Module', 'ml_collections.ConfigDict', list[str], int]:
+  """`load_trained`, and the step whose checkpoint was restored."""
+  from flax import nnx
+
+  from hpr import checkpoint, evaluate, train_state
+
+  config = evaluate.load_workdir_config(workdir)
+  class_names = read_class_names(workdir)
+  ckpts, step = evaluate.choose_checkpoint(workdir, step)
+  try:
+    model = train_state.build_model(config, len(class_names))
+    model.eval()
+    graphdef, rng, params = nnx.split(model, nnx.RngState, ...)
+    tree, _ = ckpts.restore_untyped(step)
+  finally:
+    ckpts.close()
+  fitted = checkpoint.fit_to(
+    tree['model'],
+    nnx.to_pure_dict(params),
+    f'checkpoint {ckpts.directory}/{step}',
+  )
+  nnx.replace_by_pure_dict(params, fitted)
+  return nnx.merge(graphdef, rng, params), config, class_names, step
+
+
+def load_trained(
+  workdir: str, step: int | None = None
+) -> tuple['nnx.Module', 'ml_collections.ConfigDict', list[str]]:
+  """A trained workdir's model, config and class names, in one call.
+
+  The model is rebuilt from WORKDIR/config.json (over the current defaults)
+  and restored from the best checkpoint by the monitored validation metric
+  (the latest when none was recorded), or from `step`. It is returned in
+  eval mode (dropout off): call `model.train()` to fine-tune it. Loads
+  TensorFlow (through hpr.evaluate) on first use.
+
+  Args:
+    workdir: a training workdir (`train_and_evaluate`'s or `hpr-train`'s).
+    step: a saved step, or None for the best one.
+
+  Returns:
+    (model, config, class_names): the nnx model; the ml_collections config
+    it was trained with; the class names, index i for logit i.
+
+  Raises:
+    UserError: not a workdir, no checkpoints, no checkpoint for `step`, a
+      damaged checkpoint, or one that does not fit the config.
+  """
+  model, config, class_names, _ = load_trained_step(workdir, step)
+  return model, config, class_names

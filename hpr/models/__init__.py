@@ -11,7 +11,7 @@ from flax import nnx
 
 from hpr.models.baselines import SingleFrame
 from hpr.models.convlstm import ConvLSTM, ConvLSTMCell, ConvLSTMClassifier
-from hpr.models.lrcn import LRCN
+from hpr.models.lrcn import LRCN, FrameCNN
 from hpr.models.recurrent import LSTM, LSTMCell
 
 MODELS = {
@@ -87,6 +87,7 @@ __all__ = [
   'ConvLSTM',
   'ConvLSTMCell',
   'ConvLSTMClassifier',
+  'FrameCNN',
   'LSTMCell',
   'SingleFrame',
   'build_model',
