@@ -68,29 +68,49 @@ def test_all_names_resolve_to_their_modules():
     hpr.no_such_name  # noqa: B018
 
 
-def _runnable_blocks(path: str) -> list[str]:
-  text = open(path).read()
+def _runnable_blocks(text: str) -> list[str]:
   return re.findall(r'<!-- runnable -->\n```python\n(.*?)```', text, re.S)
 
 
-def test_api_page_examples_run(tmp_path, monkeypatch, capsys):
-  blocks = _runnable_blocks(API_PAGE)
-  assert len(blocks) >= 5  # Models, training step, nnx.RNN, pipeline, load.
-  monkeypatch.setenv('TMPDIR', str(tmp_path))
-  import tempfile
-
-  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+def _run_blocks(blocks: list[str], what: str) -> dict:
   namespace = {'__name__': '__api_page__'}
   for i, block in enumerate(blocks):
     try:
-      exec(compile(block, f'{API_PAGE} block {i + 1}', 'exec'), namespace)
+      exec(
+        compile(block, f'docs/api.md {what} block {i + 1}', 'exec'), namespace
+      )
     except Exception as e:
-      raise AssertionError(f'docs/api.md runnable block {i + 1}: {e}') from e
-  model, config, class_names = namespace['model'], namespace['config'], None
-  class_names = namespace['class_names']
-  assert isinstance(model, hpr.LRCN)
-  assert config.model.name == 'lrcn'
-  assert len(class_names) == namespace['info'].num_classes
+      raise AssertionError(f'docs/api.md {what} block {i + 1}: {e}') from e
+  return namespace
+
+
+def _page_parts() -> tuple[str, str]:
+  # Models (and nnx.RNN) | the pipeline and training: separate namespaces.
+  text = open(API_PAGE).read()
+  models, data = text.split('## The clip pipeline')
+  return models, data
+
+
+def test_api_page_model_examples_run():
+  blocks = _runnable_blocks(_page_parts()[0])
+  assert len(blocks) == 3  # Models, a training step, nnx.RNN.
+  ns = _run_blocks(blocks, 'models')
+  assert isinstance(ns['lrcn'], hpr.LRCN)
+  assert ns['hs'].shape == (2, 6, 32, 32, 8)
+
+
+def test_api_page_data_examples_run(tmp_path, monkeypatch):
+  blocks = _runnable_blocks(_page_parts()[1])
+  assert len(blocks) == 2  # The pipeline; train and load_trained.
+  import tempfile
+
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+  ns = _run_blocks(blocks, 'data')
+  assert ns['total'] == ns['info'].num_examples['test']
+  assert isinstance(ns['model'], hpr.LRCN)
+  assert ns['config'].model.name == 'lrcn'
+  assert ns['class_names'] == list(ns['info'].class_names)
+  assert os.path.isdir(os.path.join(ns['workdir'], 'checkpoints'))
 
 
 def test_convlstm_cell_under_nnx_rnn_equals_the_layer():
