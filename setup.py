@@ -29,7 +29,7 @@ def _kernels(name: str) -> Extension:
     optional=True,
     # Python's own flags include -fwrapv, which keeps GCC from assuming
     # that the kernels' signed index arithmetic does not overflow; the
-    # ConvLSTM kernels are measurably slower with it (benchmarks/README.md,
+    # ConvLSTM kernels are measurably slower with it (benchmarks/ARCHIVE.md,
     # "Sitting P").
     extra_compile_args=[
       '-std=c++17',

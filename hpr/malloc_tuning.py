@@ -10,7 +10,7 @@ per step of the seed LRCN. Keeping freed memory in the process (no mmap, no
 trimming) and backing the heap with transparent huge pages brings that to
 886 and 7, and the training steps ran 5-14% faster in 6 of 8 interleaved
 pairs on a 2-core AMD EPYC, within that machine's noise in the others
-(benchmarks/README.md, sitting G). The cost: the process keeps its peak
+(benchmarks/ARCHIVE.md, sitting G). The cost: the process keeps its peak
 heap until it exits.
 
 glibc reads these settings (GLIBC_TUNABLES) only when a process starts, so
