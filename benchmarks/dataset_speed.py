@@ -6,7 +6,7 @@ r"""Speed of video_folder: preparation (videos/s) and the input pipeline
 
 1. Renders synthetic_actions clips of --frames frames and writes them as a
    UCF-style folder of 320x240 MPEG-4 AVIs, v_<Class>_gGG_cCC.avi
-   (hpr.export_synthetic); not timed, and kept in --workdir for the next
+   (hpr.tools.export_synthetic); not timed, and kept in --workdir for the next
    run.
 2. Prepares the folder with the video_folder builder, from scratch (PyAV
    decode, 128-pixel short side, JPEG; one worker process per CPU):
@@ -45,7 +45,7 @@ NUM_CLASSES = 12  # synthetic_actions' classes.
 def make_folder(out: str, videos: int, frames: int, data_dir: str) -> int:
   """Writes `videos` synthetic videos of `frames` frames to `out` (once)."""
   from hpr.datasets import synthetic_actions
-  from hpr.export_synthetic import export_builder
+  from hpr.tools.export_synthetic import export_builder
 
   if os.path.isdir(out):
     return sum(len(files) for _, _, files in os.walk(out))

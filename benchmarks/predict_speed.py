@@ -3,7 +3,7 @@ r"""Prediction speed (frames/s) of the default LRCN and ConvLSTM on a video.
   nice -n 19 python benchmarks/predict_speed.py [--seconds 20] [--repeats 3]
 
 Generates a 320x240, 25 fps H.264 video of synthetic actions, then times
-`hpr.predict.predict_video` on it: whole-video prediction only, and
+`hpr.tools.predict.predict_video` on it: whole-video prediction only, and
 annotation (sliding window of input.num_frames frames at strides 1 and 5;
 decode, resize, model, drawing and H.264 encoding of every frame). The
 models are the configs/default.py networks with random weights (the speed
@@ -30,8 +30,8 @@ from flax import nnx  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hpr import config as config_lib  # noqa: E402
-from hpr import predict, streaming, video_io  # noqa: E402
 from hpr.datasets import synthetic_render  # noqa: E402
+from hpr.tools import predict, streaming, video_io  # noqa: E402
 from hpr.train_state import build_model  # noqa: E402
 
 SIZE = (320, 240)

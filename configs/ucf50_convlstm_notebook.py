@@ -25,7 +25,7 @@ measures new people and scenes. The notebook's leaky split, for comparison:
 
 Result: not measured here (UCF50 cannot be downloaded on the machine this
 was written on); `configs/*_notebook.py` were exercised on the UCF-style
-export of synthetic_actions (`python -m hpr.export_synthetic`).
+export of synthetic_actions (`python -m hpr.tools.export_synthetic`).
 """
 
 from configs import default

@@ -1,6 +1,6 @@
 """What hpr's command-line tools share: one-line errors, no tracebacks.
 
-`hpr.main` parses absl flags; the smaller tools (`hpr.predict`, `hpr.plots`)
+`hpr.main` parses absl flags; the smaller tools (`hpr.tools.predict`, `hpr.tools.plots`)
 use argparse through this module.
 """
 

@@ -341,3 +341,10 @@ def _check_dataset_name(name: str) -> None:
         f'dataset.name: {builder_name} has no config {config_name!r}; '
         f'valid: {", ".join(known) or "none"}'
       )
+
+
+def lists_to_tuples(value):
+  # JSON turned the config's tuples into lists.
+  if isinstance(value, dict):
+    return {k: lists_to_tuples(v) for k, v in value.items()}
+  return tuple(value) if isinstance(value, list) else value

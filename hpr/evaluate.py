@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import subprocess
 
 import jax
 import ml_collections
@@ -24,7 +23,6 @@ from clu import metric_writers
 
 from hpr import input_pipeline, metrics, parallel
 from hpr import workdir as workdir_lib
-from hpr.errors import UserError
 
 
 def predict_clips(
@@ -124,30 +122,6 @@ def video_ids(builder, split: str) -> list[str]:
   return [ex['video_id'].decode() for ex in tfds.as_numpy(ds)]
 
 
-def source_commit() -> str:
-  """The git commit of hpr's source ('-dirty' if changed), or 'unknown'."""
-  here = os.path.dirname(os.path.abspath(__file__))
-
-  def git(*args: str) -> str:
-    # --no-optional-locks: `git status` would otherwise refresh and rewrite
-    # the checkout's index (taking .git/index.lock) in every run.
-    return subprocess.run(
-      ['git', '--no-optional-locks', *args],
-      cwd=here,
-      capture_output=True,
-      text=True,
-      timeout=10,
-      check=True,
-    ).stdout.strip()
-
-  try:
-    head = git('rev-parse', 'HEAD')
-    changed = git('status', '--porcelain', '--untracked-files=no')
-  except (OSError, subprocess.SubprocessError):
-    return 'unknown'
-  return head + ('-dirty' if changed else '') if head else 'unknown'
-
-
 def _json_safe(value):
   """NaN (a class absent from the split) as null: report.json stays JSON."""
   if isinstance(value, dict):
@@ -244,7 +218,7 @@ def test_and_report(
       'normalization': config.input.normalization,
       'model': config.model.name,
       'checkpoint_step': int(step),
-      'commit': source_commit(),
+      'commit': workdir_lib.source_commit(),
       'jax': jax.__version__,
     },
     'class_names': list(info.class_names),
@@ -257,7 +231,9 @@ def test_and_report(
 
 
 def _write_summaries(out_dir, step, scores, clip_scores, class_names) -> None:
-  from hpr import plots
+  from hpr import (
+    figures,
+  )  # Late: matplotlib loads only when a report is written.
 
   writer = metric_writers.create_default_writer(out_dir)
   writer.write_scalars(
@@ -271,67 +247,17 @@ def _write_summaries(out_dir, step, scores, clip_scores, class_names) -> None:
     },
   )
   title = f'test, checkpoint {step}'
-  plots.plot_confusion(
+  figures.plot_confusion(
     scores['confusion'],
     class_names,
     os.path.join(out_dir, 'confusion.png'),
     title,
   )
-  image = plots.figure_to_array(
-    plots.confusion_figure(scores['confusion'], class_names, title)
+  image = figures.figure_to_array(
+    figures.confusion_figure(scores['confusion'], class_names, title)
   )
   writer.write_images(step, {'test/confusion': image[None]})
   writer.close()
-
-
-def choose_checkpoint(workdir: str, step: int | None):
-  """Opens WORKDIR/checkpoints read-only and picks a step.
-
-  Args:
-    workdir: a training workdir.
-    step: a saved step, or None for the best one (by the monitored
-      validation metric; the latest when none was recorded).
-
-  Returns:
-    (checkpoint.Checkpoints, step).
-
-  Raises:
-    UserError: no checkpoints, or no checkpoint for `step`.
-  """
-  from hpr import checkpoint
-
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    raise UserError(f'no checkpoints in {workdir}: train there first')
-  ckpts = checkpoint.Checkpoints(directory, read_only=True)
-  steps = ckpts.all_steps()
-  if not steps:
-    ckpts.close()
-    raise UserError(f'no checkpoints in {directory}')
-  if step is None:
-    step = _best_step(ckpts, steps)
-  elif step not in steps:
-    ckpts.close()
-    raise UserError(
-      f'no checkpoint for step {step} in {directory}; '
-      f'available: {", ".join(map(str, sorted(steps)))}'
-    )
-  return ckpts, step
-
-
-def _best_step(ckpts, steps: list[int]) -> int:
-  """The best step recorded by the newest readable checkpoint (a damaged
-  newest one is skipped here; restoring it reports the damage)."""
-  from hpr import checkpoint
-
-  for step in sorted(steps, reverse=True):
-    try:
-      meta = ckpts.read_meta(step)
-    except checkpoint.DamagedCheckpoint:
-      continue
-    best = (meta.get('early_stopping') or {}).get('best_step')
-    return best if best in steps else step
-  return max(steps)
 
 
 def evaluate(
@@ -358,10 +284,10 @@ def evaluate(
   from hpr.config import validate
 
   if config is None:
-    config = load_workdir_config(workdir)
+    config = workdir_lib.load_config(workdir)
   mesh = parallel.make_mesh()
   validate(config, num_devices=parallel.num_devices(mesh))
-  ckpts, step = choose_checkpoint(workdir, step)
+  ckpts, step = workdir_lib.choose_checkpoint(workdir, step)
   if parallel.is_main_process():  # Before the work, not at its end.
     workdir_lib.make(os.path.join(workdir, 'eval'), 'report directory')
   builder = input_pipeline.get_builder(config.dataset)
@@ -378,33 +304,3 @@ def evaluate(
   return test_and_report(
     eval_fn, ts.state, config, builder, mesh, info, workdir, step
   )
-
-
-def lists_to_tuples(value):
-  # JSON turned the config's tuples into lists.
-  if isinstance(value, dict):
-    return {k: lists_to_tuples(v) for k, v in value.items()}
-  return tuple(value) if isinstance(value, list) else value
-
-
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (its config.json), over the
-  defaults, so keys added to hpr since then take their default values.
-
-  Raises:
-    UserError: the directory is not a training workdir.
-  """
-  from hpr.config import default_config
-
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isdir(workdir):
-    raise UserError(f'no such workdir: {workdir}')
-  if not os.path.exists(path):
-    raise UserError(f'{workdir} is not a training workdir (no config.json)')
-  config = default_config()
-  try:
-    with open(path) as f:
-      config.update(lists_to_tuples(json.load(f)))
-  except (json.JSONDecodeError, TypeError, ValueError) as e:
-    raise UserError(f'cannot read {path} ({e})') from e
-  return config

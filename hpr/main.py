@@ -10,12 +10,10 @@ User mistakes (a bad config key or value, a missing file, a checkpoint of
 another model) end with one line `hpr: error: ...` and a non-zero exit code.
 Several processes (hosts, SLURM tasks, a TPU VM slice) run the same command
 with --coordinator_address, --num_processes and --process_id, or what their
-launcher sets; see docs/launching.md.
+launcher sets; see docs/launching.md (hpr.launch defines those flags).
 """
 
-import logging as std_logging
 import os
-import re
 
 # Quiet TensorFlow's C++ start-up chatter; must be set before TF loads.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -23,169 +21,22 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from hpr import cli, malloc_tuning  # noqa: E402
+from hpr import launch, malloc_tuning  # noqa: E402
 from hpr.cli import fail  # noqa: E402
 from hpr.errors import ConfigError, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-  'config',
-  None,
-  'Experiment config file (a Python file with get_config()); '
-  'override keys with --config.key=value.',
-  lock_config=True,
-)
-flags.DEFINE_string(
-  'workdir',
-  None,
-  'Directory for checkpoints, metrics, '
-  'TensorBoard events and reports; reused to resume.',
-)
-flags.DEFINE_enum(
-  'mode',
-  'train',
-  ['train', 'evaluate'],
-  'train: train (or resume), then test the best checkpoint. '
-  'evaluate: test a checkpoint of the workdir (writes WORKDIR/eval).',
-)
-flags.DEFINE_integer(
-  'step',
-  None,
-  'With --mode=evaluate: the checkpoint step to evaluate (default: the best).',
-)
-# Multi-process runs (docs/launching.md); hpr.parallel.initialize.
-flags.DEFINE_string(
-  'coordinator_address',
-  None,
-  'host:port of process 0 in a multi-process run '
-  '(default: $JAX_COORDINATOR_ADDRESS, or what SLURM / a TPU VM says).',
-)
-flags.DEFINE_integer(
-  'num_processes',
-  None,
-  'Processes in a multi-process run (default: $JAX_NUM_PROCESSES, or what '
-  'SLURM / a TPU VM says; 1 forces a single-process run).',
-)
-flags.DEFINE_integer(
-  'process_id',
-  None,
-  'This process, 0..num_processes-1 (default: $JAX_PROCESS_ID, or what '
-  'SLURM / a TPU VM says).',
-)
-flags.DEFINE_integer(
-  'initialization_timeout',
-  300,
-  'Seconds the processes of a multi-process run wait for each other to '
-  'connect; then each ends with one error line.',
-)
-flags.DEFINE_bool(
-  'jax_distributed',
-  False,
-  'Let jax.distributed.initialize() detect the launcher (Open MPI, '
-  'Kubernetes) where hpr does not see one (it sees SLURM and TPU VMs).',
-)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with bad flags and config overrides as one line."""
-  _check_config_file(argv)
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    fail(ConfigError(str(e).strip().splitlines()[0]))
-  except (KeyError, AttributeError, TypeError, ValueError, OSError) as e:
-    # ml_collections raises these for an unknown --config.key or bad value.
-    fail(ConfigError(_override_error(argv, e)))
-
-
-def _check_config_file(argv: list[str]) -> None:
-  # config_flags loads the file lazily and then fails with a traceback.
-  for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
-      path = arg.split('=', 1)[1]
-    elif arg == '--config' and i + 1 < len(argv):
-      path = argv[i + 1]
-    else:
-      continue
-    # 'file.py:argument' passes an argument.
-    path, _, argument = path.partition(':')
-    if not os.path.isfile(path):
-      fail(ConfigError(f'config file not found: {path}'))
-    # Loaded once here too: a syntax error or an exception in get_config()
-    # becomes one line naming the file and line, not a traceback.
-    from hpr import config as config_lib
-
-    try:
-      config_lib.load_config_file(path, argument or None)
-    except ConfigError as e:
-      fail(e)
-
-
-def _override_error(argv: list[str], error: Exception) -> str:
-  """One line for a --config.key=value that ml_collections rejected."""
-  text = error.args[0] if error.args else str(error)
-  text = str(text).strip()
-  keys = [
-    a.split('=', 1)[0].removeprefix('--config.')
-    for a in argv
-    if a.startswith('--config.')
-  ]
-  if isinstance(error, KeyError | AttributeError):
-    words = re.findall(r'\w+', text)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    for key in keys:
-      parts = key.split('.')
-      missing = [w for w in words[:3] if w in parts]
-      if missing:
-        at = parts.index(missing[0])
-        message = f"unknown config key '{key}'"
-        if hint:
-          near = '.'.join(parts[:at] + [hint.group(1)])
-          message += f"; did you mean '{near}'?"
-        return message + ' (see configs/default.py for every key)'
-  first = text.splitlines()[0] if text else type(error).__name__
-  return f'bad --config override: {first}'
-
-
-class _QuietLibraries:
-  """Drops the libraries' per-operation INFO chatter from the console.
-
-  orbax logs every save and restore in detail, TFDS every dataset it opens;
-  their warnings and errors still get through, and hpr's own INFO lines
-  (progress, metrics) are kept.
-  """
-
-  _NOISY = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/', '/tensorflow/')
-
-  def filter(self, record) -> bool:
-    noisy = any(part in record.pathname for part in self._NOISY)
-    if noisy and 'deprecat' in record.getMessage():
-      return False
-    return not (noisy and record.levelno < std_logging.WARNING)
-
-
-def _setup(config) -> None:
-  import tensorflow as tf
-
-  from hpr import parallel
-
-  # Hide GPUs from TF, otherwise it reserves their memory, which JAX needs;
-  # TF only reads and preprocesses data here.
-  tf.config.set_visible_devices([], 'GPU')
-  num_processes = parallel.initialize(
-    FLAGS.coordinator_address,
-    FLAGS.num_processes,
-    FLAGS.process_id,
-    timeout_s=FLAGS.initialization_timeout,
-    detect=FLAGS.jax_distributed,
-  )
-  parallel.configure_cpu_devices(
-    config.cpu_devices,
-    (config.training.batch_size, config.eval.batch_size),
-    num_processes,
-  )
-  cli.enable_compilation_cache(config.jax_cache_dir)
-  logging.info('glibc malloc settings: %s', malloc_tuning.describe())
+  'config', None, 'Experiment config file (a Python file with get_config()); '
+  'override keys with --config.key=value.', lock_config=True)  # fmt: skip
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
+                    'TensorBoard events and reports; reused to resume.')  # fmt: skip
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'],
+                  'train: train (or resume), then test the best checkpoint. '
+                  'evaluate: test a checkpoint of the workdir (writes '
+                  'WORKDIR/eval).')  # fmt: skip
+flags.DEFINE_integer('step', None, 'With --mode=evaluate: the checkpoint '
+                     'step to evaluate (default: the best).')  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
@@ -195,34 +46,39 @@ def main(argv: list[str]) -> None:
     fail(ConfigError('--workdir is required'))
   if FLAGS.config is None and FLAGS.mode == 'train':
     fail(ConfigError('--config is required to train'))
-  config = FLAGS.config
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(launch.QuietLibraries())
+  # Late imports: --help and flag errors answer without loading JAX or TF.
+  from hpr import evaluate, parallel, train, workdir
+
   try:
-    if config is None:
-      from hpr.evaluate import load_workdir_config
-
-      config = load_workdir_config(FLAGS.workdir)
-    _setup(config)
+    config = FLAGS.config or workdir.load_config(FLAGS.workdir)
+    launch.setup(config)
     if FLAGS.mode == 'train':
-      from hpr import train
-
       result = train.train_and_evaluate(config, FLAGS.workdir)
+      if parallel.is_main_process():
+        _plot(FLAGS.workdir)
     else:
-      from hpr import evaluate
-
       result = evaluate.evaluate(config, FLAGS.workdir, step=FLAGS.step)
       logging.info('report: %s/eval/report.json', FLAGS.workdir)
   except UserError as e:
     fail(e)
   logging.info('done: %s', FLAGS.workdir)
-  print(
-    f'test accuracy: {result["accuracy"]:.4f} '
-    f'({result["count"]} videos, loss {result["loss"]:.4f})'
-  )
+  print(f'test accuracy: {result["accuracy"]:.4f} '
+        f'({result["count"]} videos, loss {result["loss"]:.4f})')  # fmt: skip
+
+
+def _plot(workdir: str) -> None:
+  """The run's figures (hpr.tools.plots); a failure only logs a warning."""
+  try:
+    from hpr.tools import plots
+
+    logging.info('plots: %s', ', '.join(plots.plot_workdir(workdir)))
+  except Exception as e:  # Plots must never fail a finished run.
+    logging.warning('could not draw the plots of %s: %s', workdir, e)
 
 
 if __name__ == '__main__':
   # Restarts with glibc malloc settings that save XLA:CPU's steps their
   # page faults (hpr.malloc_tuning; HPR_MALLOC_TUNING=0 turns it off).
   malloc_tuning.reexec()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=launch.parse_flags)

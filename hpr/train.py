@@ -307,20 +307,7 @@ def _train_and_evaluate(config, workdir, mesh, stop: '_StopSignals') -> dict:
     test['accuracy'],
     test['loss'],
   )
-  if parallel.is_main_process():
-    _plot(workdir, builder, config.dataset.train_split)
   return test
-
-
-def _plot(workdir: str, builder, split: str) -> None:
-  """The figures of the run (hpr.plots); a failure only logs a warning."""
-  try:
-    from hpr import plots
-
-    paths = plots.plot_workdir(workdir, builder=builder, split=split)
-    logging.info('plots: %s', ', '.join(paths))
-  except Exception as e:  # Plots must never fail a finished run.
-    logging.warning('could not draw the plots of %s: %s', workdir, e)
 
 
 def _check_finite(loss: float, step: int, ckpts: checkpoint.Checkpoints):
@@ -434,7 +421,7 @@ def init_from(ts, spec: str, workdir: str) -> int:
       'by itself, without init_from'
     )
   try:
-    ckpts, step = evaluate.choose_checkpoint(source, step)
+    ckpts, step = workdir_lib.choose_checkpoint(source, step)
   except UserError as e:
     raise UserError(f'init_from: {e}') from None
   try:

@@ -1,4 +1,5 @@
-"""The files of a workdir that are not checkpoints: its lock and run files.
+"""The workdir: its lock, run files, config, checkpoint choice and the
+commit stamp of the code that wrote it.
 
 A training holds WORKDIR/.hpr.lock (an `fcntl.flock` lock) for as long as it
 runs, so a second training in the same workdir is refused at once with the
@@ -17,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -202,11 +204,11 @@ def load_trained_step(
   """`load_trained`, and the step whose checkpoint was restored."""
   from flax import nnx
 
-  from hpr import checkpoint, evaluate, train_state
+  from hpr import checkpoint, train_state
 
-  config = evaluate.load_workdir_config(workdir)
+  config = load_config(workdir)
   class_names = read_class_names(workdir)
-  ckpts, step = evaluate.choose_checkpoint(workdir, step)
+  ckpts, step = choose_checkpoint(workdir, step)
   try:
     model = train_state.build_model(config, len(class_names))
     model.eval()
@@ -248,3 +250,100 @@ def load_trained(
   """
   model, config, class_names, _ = load_trained_step(workdir, step)
   return model, config, class_names
+
+
+def load_config(workdir: str) -> 'ml_collections.ConfigDict':
+  """The config a workdir was trained with (its config.json), over the
+  defaults, so keys added to hpr since then take their default values.
+
+  Raises:
+    UserError: the directory is not a training workdir.
+  """
+  from hpr.config import default_config, lists_to_tuples
+
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isdir(workdir):
+    raise UserError(f'no such workdir: {workdir}')
+  if not os.path.exists(path):
+    raise UserError(f'{workdir} is not a training workdir (no config.json)')
+  config = default_config()
+  try:
+    with open(path) as f:
+      config.update(lists_to_tuples(json.load(f)))
+  except (json.JSONDecodeError, TypeError, ValueError) as e:
+    raise UserError(f'cannot read {path} ({e})') from e
+  return config
+
+
+def choose_checkpoint(workdir: str, step: int | None):
+  """Opens WORKDIR/checkpoints read-only and picks a step.
+
+  Args:
+    workdir: a training workdir.
+    step: a saved step, or None for the best one (by the monitored
+      validation metric; the latest when none was recorded).
+
+  Returns:
+    (checkpoint.Checkpoints, step).
+
+  Raises:
+    UserError: no checkpoints, or no checkpoint for `step`.
+  """
+  from hpr import checkpoint
+
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise UserError(f'no checkpoints in {workdir}: train there first')
+  ckpts = checkpoint.Checkpoints(directory, read_only=True)
+  steps = ckpts.all_steps()
+  if not steps:
+    ckpts.close()
+    raise UserError(f'no checkpoints in {directory}')
+  if step is None:
+    step = _best_step(ckpts, steps)
+  elif step not in steps:
+    ckpts.close()
+    raise UserError(
+      f'no checkpoint for step {step} in {directory}; '
+      f'available: {", ".join(map(str, sorted(steps)))}'
+    )
+  return ckpts, step
+
+
+def _best_step(ckpts, steps: list[int]) -> int:
+  """The best step recorded by the newest readable checkpoint (a damaged
+  newest one is skipped here; restoring it reports the damage)."""
+  from hpr import checkpoint
+
+  for step in sorted(steps, reverse=True):
+    try:
+      meta = ckpts.read_meta(step)
+    except checkpoint.DamagedCheckpoint:
+      continue
+    best = (meta.get('early_stopping') or {}).get('best_step')
+    return best if best in steps else step
+  return max(steps)
+
+
+def source_commit() -> str:
+  """The git commit of hpr's source ('-dirty' if changed), or 'unknown'."""
+  here = os.path.dirname(os.path.abspath(__file__))
+
+  def git(*args: str) -> str:
+    # --no-optional-locks: `git status` would otherwise refresh and rewrite
+    # the checkout's index (taking .git/index.lock) in every run.
+    return subprocess.run(
+      ['git', '--no-optional-locks', *args],
+      cwd=here,
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+    ).stdout.strip()
+
+  try:
+    head = git('rev-parse', 'HEAD')
+    changed = git('status', '--porcelain', '--untracked-files=no')
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown'
+  return head + ('-dirty' if changed else '') if head else 'unknown'

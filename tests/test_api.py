@@ -14,8 +14,9 @@ import pytest
 from flax import nnx
 
 import hpr
-from hpr import input_pipeline, predict
+from hpr import input_pipeline
 from hpr import workdir as workdir_lib
+from hpr.tools import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 API_PAGE = os.path.join(ROOT, 'docs', 'api.md')

@@ -9,8 +9,9 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from hpr import checkpoint, evaluate, metrics, predict, train
+from hpr import checkpoint, evaluate, metrics, train
 from hpr.errors import UserError
+from hpr.tools import predict
 
 
 @pytest.mark.parametrize('monitor, best, worse', [
@@ -176,7 +177,7 @@ def test_cli_step_on_a_damaged_checkpoint_is_one_line(workdir_copy, tool):
     video = os.path.join(workdir, 'clip.avi')  # Never read: the model fails.
     with open(video, 'wb') as f:
       f.write(b'RIFF')
-    args = ['hpr.predict', f'--workdir={workdir}', '--step=8', video]
+    args = ['hpr.tools.predict', f'--workdir={workdir}', '--step=8', video]
   else:
     args = ['hpr.main', '--mode=evaluate', f'--workdir={workdir}', '--step=8']
   run = subprocess.run(

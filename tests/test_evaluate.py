@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from hpr import evaluate, plots, video_ops
+from hpr import evaluate, figures, video_ops
 from hpr.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -156,7 +156,7 @@ def test_report_protocol_and_outputs(report, trained_workdir):
   assert not np.allclose(saved['clip_logits'][0], saved['clip_logits'][1])
   # Confusion PNG and TensorBoard events.
   png = os.path.join(out, 'eval', 'confusion.png')
-  assert Image.open(png).size == plots.confusion_size(12)
+  assert Image.open(png).size == figures.confusion_size(12)
   events = [f for f in os.listdir(os.path.join(out, 'eval')) if 'tfevents' in f]
   assert events
   # Training wrote the single-view report of the same checkpoint.

@@ -17,8 +17,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from hpr import config as config_lib  # noqa: E402
-from hpr import evaluate, import_keras, input_pipeline, models, train  # noqa: E402
+from hpr import evaluate, input_pipeline, models, train  # noqa: E402
 from hpr.errors import UserError  # noqa: E402
+from hpr.keras import importer as import_keras  # noqa: E402
 from hpr.models import layers as hpr_layers  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
@@ -400,7 +401,7 @@ def test_cli_fails_with_one_line(tmp_path):
   path = str(tmp_path / 'model.h5')
   model.save(path)
   result = subprocess.run(
-    [sys.executable, '-m', 'hpr.import_keras', path, '--class-names', 'a,b']
+    [sys.executable, '-m', 'hpr.keras.importer', path, '--class-names', 'a,b']
     + ['--workdir', str(tmp_path / 'w')],
     capture_output=True,
     text=True,
@@ -517,9 +518,9 @@ def test_imported_workdir_evaluates_and_fine_tunes(
   assert result['loss'] == pytest.approx(keras_loss, rel=1e-5)
   assert result['accuracy'] == (probs.argmax(-1) == labels).mean()
 
-  # hpr.predict on a video file gives Keras's softmax on the same clip.
-  from hpr import predict, video_io
+  # hpr.tools.predict on a video file gives Keras's softmax on the same clip.
   from hpr.datasets import synthetic_render
+  from hpr.tools import predict, video_io
 
   frames = synthetic_render.render_clip('Waving', 9, 1, num_frames=15)
   video = str(tmp_path / 'wave.mp4')

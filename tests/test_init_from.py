@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hpr import checkpoint, evaluate, parallel, train
+from hpr import checkpoint, parallel, train
+from hpr import workdir as workdir_lib
 from hpr.config import validate
 from hpr.errors import ConfigError, UserError
 from hpr.train_state import create_train_state
@@ -30,7 +31,7 @@ def test_init_from_takes_the_model_and_starts_afresh(trained_workdir, tmp_path):
 
   ts = create_train_state(new, 12, parallel.make_mesh(), 4)
   assert train.init_from(ts, new.init_from, run) == 4
-  ckpts, _ = evaluate.choose_checkpoint(source, 4)
+  ckpts, _ = workdir_lib.choose_checkpoint(source, 4)
   saved, _ = ckpts.restore_untyped(4)
   ckpts.close()
   want = checkpoint._named_leaves(saved['model'])

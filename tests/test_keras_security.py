@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from hpr import config as config_lib  # noqa: E402
-from hpr import import_keras  # noqa: E402
 from hpr.errors import UserError  # noqa: E402
+from hpr.keras import importer as import_keras  # noqa: E402
 from tests.test_import_keras import (  # noqa: E402
   ARCHS,
   _tiny_keras_model,
@@ -349,7 +349,7 @@ def _zip_bomb(path, members, name, size):
 
 MEASURE = """
 import json, resource, sys
-from hpr import import_keras
+from hpr.keras import importer as import_keras
 from hpr.errors import UserError
 
 def peak_mib():

@@ -1,5 +1,5 @@
 """The figures: curves, confusion matrix and gallery are PNGs of the
-expected size, drawn at the end of training and by `python -m hpr.plots`."""
+expected size, drawn at the end of training and by `python -m hpr.tools.plots`."""
 
 import os
 import subprocess
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpr import plots
+from hpr import figures
 from hpr.errors import UserError
+from hpr.tools import plots
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -26,19 +27,23 @@ def _check_png(path, size):
 def _check_workdir_plots(directory):
   _check_png(os.path.join(directory, 'loss.png'), plots.CURVE_SIZE)
   _check_png(os.path.join(directory, 'accuracy.png'), plots.CURVE_SIZE)
-  _check_png(os.path.join(directory, 'confusion.png'), plots.confusion_size(12))
+  _check_png(
+    os.path.join(directory, 'confusion.png'), figures.confusion_size(12)
+  )
   _check_png(os.path.join(directory, 'gallery.png'), plots.gallery_size(12))
 
 
-def test_training_draws_the_plots(trained_workdir):
-  _check_workdir_plots(os.path.join(trained_workdir[1], 'plots'))
+def test_plot_workdir_draws_every_figure(trained_workdir, tmp_path):
+  # hpr.main calls this at the end of training (tested in test_train).
+  plots.plot_workdir(trained_workdir[1], out_dir=str(tmp_path))
+  _check_workdir_plots(str(tmp_path))
 
 
 def test_sizes():
   assert plots.gallery_size(12) == (1000, 660)
   assert plots.gallery_size(3) == (600, 220)
-  assert plots.confusion_size(4) == (640, 640)
-  assert plots.confusion_size(101) == (3270, 3270)
+  assert figures.confusion_size(4) == (640, 640)
+  assert figures.confusion_size(101) == (3270, 3270)
 
 
 def test_curves_from_records(tmp_path):
@@ -67,7 +72,7 @@ def test_curves_from_records(tmp_path):
 
 def _cli(*args):
   return subprocess.run(
-    [sys.executable, '-m', 'hpr.plots', *args],
+    [sys.executable, '-m', 'hpr.tools.plots', *args],
     capture_output=True,
     text=True,
     cwd=ROOT,

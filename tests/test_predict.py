@@ -16,9 +16,10 @@ import tensorflow as tf
 from flax import nnx
 from PIL import Image
 
-from hpr import models, predict, streaming, video_io
+from hpr import models, video_io
 from hpr.datasets import synthetic_render
 from hpr.errors import UserError
+from hpr.tools import predict, streaming
 from hpr.train_state import build_model
 from tests.conftest import tiny_config
 
@@ -273,7 +274,7 @@ def test_cli_json_and_annotate_directory(trained_workdir, videos, tmp_path):
     [
       sys.executable,
       '-m',
-      'hpr.predict',
+      'hpr.tools.predict',
       f'--workdir={trained_workdir[1]}',
       videos['wave'],
       videos['squat'],
@@ -356,7 +357,7 @@ def test_cli_errors_are_one_line(trained_workdir, videos, tmp_path):
     ([f'--workdir={empty}', '--top_k=x', videos['wave']], 2, 'top_k'),
   ):
     run = subprocess.run(
-      [sys.executable, '-m', 'hpr.predict', *args],
+      [sys.executable, '-m', 'hpr.tools.predict', *args],
       capture_output=True,
       text=True,
       cwd=ROOT,
@@ -401,7 +402,7 @@ def test_a_truncated_video_warns_with_the_frames_used(
     [
       sys.executable,
       '-m',
-      'hpr.predict',
+      'hpr.tools.predict',
       f'--workdir={trained_workdir[1]}',
       video,
       '--json',

@@ -9,7 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from hpr import evaluate, rundirs, video_io
+from hpr import rundirs, video_io
+from hpr import workdir as workdir_lib
 from hpr.errors import UserError
 from tests.conftest import tiny_config
 
@@ -43,7 +44,7 @@ def test_reading_the_commit_stamp_does_not_write_the_index(
   # The stamp reads hpr's checkout; GIT_DIR points git at this one.
   monkeypatch.setenv('GIT_DIR', str(repo / '.git'))
   monkeypatch.setenv('GIT_WORK_TREE', str(repo))
-  stamp = evaluate.source_commit()
+  stamp = workdir_lib.source_commit()
   assert stamp.endswith('-dirty') and len(stamp) == 40 + len('-dirty')
   assert (index.stat().st_mtime_ns, index.read_bytes()) == before
   assert not (repo / '.git' / 'index.lock').exists()

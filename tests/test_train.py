@@ -146,6 +146,13 @@ def test_kill_and_resume_gives_identical_metrics(data_dir, tmp_path):
   straight = _cli('configs/default.py', tmp_path / 'straight', overrides)
   out, _ = straight.communicate(timeout=600)
   assert straight.returncode == 0, out
+  # hpr.main draws the run's figures once it has trained.
+  assert sorted(os.listdir(tmp_path / 'straight' / 'plots')) == [
+    'accuracy.png',
+    'confusion.png',
+    'gallery.png',
+    'loss.png',
+  ]
 
   # Kill the second run hard once it has saved a mid-epoch checkpoint of
   # epoch 2, then run the same command again.

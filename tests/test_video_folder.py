@@ -440,7 +440,7 @@ def test_ucf_names():
 
 
 def test_export_synthetic_writes_a_ucf_folder(data_dir, tmp_path):
-  from hpr import export_synthetic
+  from hpr.tools import export_synthetic
 
   paths = export_synthetic.export(
     str(tmp_path), 'synthetic_actions/tiny', data_dir=data_dir, limit=3

@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from hpr import metrics, predict, train, workdir
+from hpr import metrics, train, workdir
 from hpr.errors import UserError
+from hpr.tools import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,9 +17,10 @@ import numpy as np
 def main(workdir: str) -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   from hpr import evaluate
+  from hpr import workdir as workdir_lib
   from hpr.datasets import synthetic_render
 
-  config = evaluate.load_workdir_config(workdir)
+  config = workdir_lib.load_config(workdir)
   result = evaluate.evaluate(config, workdir)
   confusion = np.asarray(result['confusion'])
   names = list(synthetic_render.CLASS_NAMES)

@@ -138,7 +138,7 @@ def run_lstm_projected(
   """`run_lstm` from precomputed `cell.project_inputs(x)`: (B, T, ..., 4F).
 
   Lets a caller compute the input projection once per frame and reuse it
-  (hpr.streaming); the recurrence, dropout and outputs are `run_lstm`'s.
+  (hpr.tools.streaming); the recurrence, dropout and outputs are `run_lstm`'s.
   """
   # (B, T, ..., 4F) -> (T, B, ..., 4F), time-major for the scan.
   gates_x = jnp.swapaxes(gates_x, 0, 1)

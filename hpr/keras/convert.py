@@ -15,9 +15,9 @@ import dataclasses
 
 import numpy as np
 
-from hpr import keras_format
 from hpr.errors import UserError
-from hpr.keras_format import Layer
+from hpr.keras import files as keras_format
+from hpr.keras.files import Layer
 
 SUPPORTED_LAYERS = (
   'ConvLSTM2D',

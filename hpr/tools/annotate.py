@@ -1,5 +1,5 @@
 """Annotated copies of videos: a label and confidence bar drawn on every
-frame, and a per-frame CSV timeline (used by hpr.predict)."""
+frame, and a per-frame CSV timeline (used by hpr.tools.predict)."""
 
 import csv
 import functools

@@ -1,6 +1,6 @@
 r"""Imports a trained Keras ConvLSTM or LRCN model into an hpr workdir.
 
-  python -m hpr.import_keras MODEL.h5|MODEL.keras --class-names A,B,C \
+  python -m hpr.keras.importer MODEL.h5|MODEL.keras --class-names A,B,C \
       --workdir W [--dataset NAME] [--config FILE] [--num-frames T]
 
 W then holds config.json, class_names.json, config.py and a checkpoint at
@@ -10,8 +10,8 @@ that hpr trained:
   python -m hpr.main --config W/config.py --workdir W --mode=evaluate
   python -m hpr.main --config W/config.py --workdir W   # fine-tunes
 
-The file is read with h5py, zipfile and json (hpr/keras_format.py), so no
-Keras is needed and nothing from the file runs; hpr/keras_convert.py says
+The file is read with h5py, zipfile and json (hpr/keras/files.py), so no
+Keras is needed and nothing from the file runs; hpr/keras/convert.py says
 which Sequential models import (the notebook's ConvLSTM and LRCN and their
 variants), exactly: softmax(hpr logits) is the Keras model's output.
 
@@ -33,8 +33,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import ml_collections  # noqa: E402
 
-from hpr import keras_convert, keras_format  # noqa: E402
 from hpr.errors import ConfigError, UserError  # noqa: E402
+from hpr.keras import convert as keras_convert  # noqa: E402
+from hpr.keras import files as keras_format  # noqa: E402
 
 
 def read(path: str, num_frames: int | None = None) -> keras_convert.Imported:
@@ -267,7 +268,7 @@ def config_file(
     f'--workdir {shlex.quote(workdir)}'
   )
   lines = [
-    '"""hpr config of a Keras model, written by hpr.import_keras.',
+    '"""hpr config of a Keras model, written by hpr.keras.importer.',
     '',
     'KERAS_MODEL is the file it was imported from; EVALUATE and FINE_TUNE are',
     'the commands that use this config.',
@@ -335,7 +336,7 @@ def _fail(error: UserError) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   parser = _ArgumentParser(
-    prog='python -m hpr.import_keras',
+    prog='python -m hpr.keras.importer',
     description='Import a Keras ConvLSTM or LRCN model into an hpr workdir.',
   )
   parser.add_argument('model', help='Keras .h5 or .keras file (whole model)')

@@ -1,12 +1,12 @@
 r"""The notebook's figures, as PNG files: training curves, the confusion
 matrix of the test split and a gallery of labelled first frames.
 
-  python -m hpr.plots --workdir W        # -> W/plots/{loss,accuracy,
+  python -m hpr.tools.plots --workdir W        # -> W/plots/{loss,accuracy,
                                          #    confusion,gallery}.png
-  python -m hpr.plots --dataset synthetic_actions/default --out DIR
+  python -m hpr.tools.plots --dataset synthetic_actions/default --out DIR
                                          # -> DIR/gallery.png
 
-Training calls `plot_workdir` at its end. Image sizes are fixed (see the
+`python -m hpr.main` calls `plot_workdir` at the end of training. Image sizes are fixed (see the
 `*_size` functions), so figures of different runs line up.
 """
 
@@ -22,14 +22,17 @@ import matplotlib  # noqa: E402
 
 matplotlib.use('Agg')  # Files only: no display needed, none opened.
 
-import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hpr import cli  # noqa: E402
 from hpr.errors import UserError  # noqa: E402
+from hpr.figures import (  # noqa: E402
+  figure,
+  plot_confusion,
+  save,
+)
 
-DPI = 100
 CURVE_SIZE = (640, 480)  # Pixels (width, height).
 GALLERY_CELL = (200, 220)  # Pixels per gallery image, title included.
 GALLERY_COLUMNS = 5
@@ -37,29 +40,11 @@ GALLERY_COLUMNS = 5
 GALLERY_CLASSES = 20
 
 
-def confusion_size(num_classes: int) -> tuple[int, int]:
-  """Pixel size of the confusion-matrix figure for `num_classes`."""
-  side = max(640, 30 * num_classes + 240)
-  return side, side
-
-
 def gallery_size(num_images: int) -> tuple[int, int]:
   """Pixel size of a gallery of `num_images` labelled frames."""
   columns = min(GALLERY_COLUMNS, num_images)
   rows = math.ceil(num_images / columns)
   return columns * GALLERY_CELL[0], rows * GALLERY_CELL[1]
-
-
-def _figure(size: tuple[int, int]) -> plt.Figure:
-  return plt.figure(
-    figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout='constrained'
-  )
-
-
-def _save(fig: plt.Figure, path: str) -> str:
-  fig.savefig(path, dpi=DPI)
-  plt.close(fig)
-  return path
 
 
 def epoch_records(records: list[dict]) -> list[dict]:
@@ -89,7 +74,7 @@ def plot_curves(records: list[dict], out_dir: str) -> list[str]:
     ('loss', 'Total Loss vs Total Validation Loss'),
     ('accuracy', 'Total Accuracy vs Total Validation Accuracy'),
   ):
-    fig = _figure(CURVE_SIZE)
+    fig = figure(CURVE_SIZE)
     ax = fig.add_subplot()
     ax.plot(x, [r[f'train_{name}'] for r in epochs], 'b', label=name)
     ax.plot(x, [r[f'val_{name}'] for r in epochs], 'r', label=f'val_{name}')
@@ -99,50 +84,8 @@ def plot_curves(records: list[dict], out_dir: str) -> list[str]:
     ax.set_ylabel(name)
     ax.grid(alpha=0.3)
     ax.legend()
-    paths.append(_save(fig, os.path.join(out_dir, f'{name}.png')))
+    paths.append(save(fig, os.path.join(out_dir, f'{name}.png')))
   return paths
-
-
-def confusion_figure(
-  confusion, class_names, title: str = 'Confusion matrix'
-) -> plt.Figure:
-  """Rows: true class, columns: predicted; colour is the row fraction."""
-  confusion = np.asarray(confusion)
-  k = len(class_names)
-  fig = _figure(confusion_size(k))
-  ax = fig.add_subplot()
-  support = confusion.sum(axis=1, keepdims=True)
-  rates = confusion / np.maximum(support, 1)
-  image = ax.imshow(rates, cmap='Blues', vmin=0.0, vmax=1.0)
-  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label='row fraction')
-  ax.set_xticks(range(k), class_names, rotation=90, fontsize=8)
-  ax.set_yticks(range(k), class_names, fontsize=8)
-  ax.set_xlabel('predicted')
-  ax.set_ylabel('true')
-  ax.set_title(title)
-  if k <= 30:  # Counts stay legible up to about 30 classes.
-    for i in range(k):
-      for j in range(k):
-        if confusion[i, j]:
-          color = 'white' if rates[i, j] > 0.5 else 'black'
-          ax.text(j, i, str(confusion[i, j]), ha='center', va='center',
-                  fontsize=7, color=color)  # fmt: skip
-  return fig
-
-
-def plot_confusion(confusion, class_names, path: str, title: str = '') -> str:
-  """Writes the confusion matrix as a PNG; returns the path."""
-  return _save(
-    confusion_figure(confusion, class_names, title or 'Confusion matrix'), path
-  )
-
-
-def figure_to_array(fig: plt.Figure) -> np.ndarray:
-  """uint8 (H, W, 3) pixels of a figure (e.g. for TensorBoard); closes it."""
-  fig.canvas.draw()
-  pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-  plt.close(fig)
-  return pixels
 
 
 def first_frames(
@@ -194,13 +137,13 @@ def plot_gallery(frames: list[tuple[str, np.ndarray]], path: str) -> str:
     raise UserError('no frames to draw in the gallery')
   columns = min(GALLERY_COLUMNS, len(frames))
   rows = math.ceil(len(frames) / columns)
-  fig = _figure(gallery_size(len(frames)))
+  fig = figure(gallery_size(len(frames)))
   for i, (name, frame) in enumerate(frames):
     ax = fig.add_subplot(rows, columns, i + 1)
     ax.imshow(frame)
     ax.set_title(name, fontsize=10)
     ax.axis('off')
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def plot_workdir(
@@ -257,7 +200,7 @@ def _builder(name: str, data_dir: str, video_folder: dict | None = None):
   import ml_collections
 
   from hpr import input_pipeline
-  from hpr.evaluate import lists_to_tuples
+  from hpr.config import lists_to_tuples
 
   dataset = ml_collections.ConfigDict({'name': name, 'data_dir': data_dir})
   if video_folder is not None:
@@ -275,7 +218,7 @@ def _builder(name: str, data_dir: str, video_folder: dict | None = None):
 
 def _parser() -> argparse.ArgumentParser:
   parser = cli.ArgumentParser(
-    prog='python -m hpr.plots',
+    prog='python -m hpr.tools.plots',
     description='Training curves, confusion matrix and a gallery of '
     'labelled first frames, as PNG files.',
   )

@@ -1,7 +1,7 @@
 r"""Predict the action in video files with a trained workdir's model.
 
-  python -m hpr.predict --workdir W video.mp4 [more.avi ...] [--json] [--strict]
-  python -m hpr.predict --workdir W video.mp4 --annotate out.mp4 \
+  python -m hpr.tools.predict --workdir W video.mp4 [more.avi ...] [--json] [--strict]
+  python -m hpr.tools.predict --workdir W video.mp4 --annotate out.mp4 \
       [--window 20] [--stride 1] [--frame_step 1]
 
 For each video: the top-k classes with their confidence, from one clip of
@@ -13,7 +13,7 @@ timeline with one row per frame (the notebook's predict_on_video). Frames
 before the first full window show the first window's prediction.
 
 Each frame is decoded once and goes through the per-frame part of the model
-once (see hpr/streaming.py for what each model costs per frame).
+once (see hpr/tools/streaming.py for what each model costs per frame).
 
 A file that decodes fewer frames than its container declares (cut short by
 an interrupted copy or download) is predicted from the frames that decode,
@@ -30,9 +30,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # noqa: E402
 
-from hpr import annotate as annotate_lib  # noqa: E402
-from hpr import cli, rundirs, streaming, video_io  # noqa: E402
+from hpr import cli, rundirs, video_io  # noqa: E402
 from hpr.errors import UserError  # noqa: E402
+from hpr.tools import annotate as annotate_lib  # noqa: E402
+from hpr.tools import streaming  # noqa: E402
 
 # Frames decoded, preprocessed and encoded together.
 CHUNK = 16
@@ -270,7 +271,7 @@ def _outputs(videos: list[str], annotate: str | None) -> list[str | None]:
 
 def _parser() -> argparse.ArgumentParser:
   parser = cli.ArgumentParser(
-    prog='python -m hpr.predict',
+    prog='python -m hpr.tools.predict',
     description='Top-k actions of video files with a trained workdir; '
     'optionally an annotated copy with a sliding-window prediction.',
   )

@@ -1,6 +1,6 @@
 """Writes synthetic_actions out as a UCF-style folder of real video files.
 
-  python -m hpr.export_synthetic --out /tmp/synthetic_ucf \
+  python -m hpr.tools.export_synthetic --out /tmp/synthetic_ucf \
       [--dataset synthetic_actions/tiny] [--width 320 --height 240]
 
 gives OUT/<Class>/v_<Class>_g<GG>_c<CC>.avi (MPEG-4 part 2 in AVI, like
@@ -104,7 +104,7 @@ def _resized(video: np.ndarray, width: int, height: int):
 def main(argv: list[str] | None = None) -> None:
   """The command line; `argv` defaults to sys.argv[1:]."""
   parser = cli.ArgumentParser(
-    prog='python -m hpr.export_synthetic',
+    prog='python -m hpr.tools.export_synthetic',
     description='Write synthetic_actions as OUT/<Class>/v_<Class>_gGG_cCC.avi',
   )
   parser.add_argument('--out', required=True, help='folder to write into')
