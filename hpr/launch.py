@@ -104,7 +104,7 @@ def _override_error(argv: list[str], error: Exception) -> str:
         if hint:
           near = '.'.join(parts[:at] + [hint.group(1)])
           message += f"; did you mean '{near}'?"
-        return message + ' (see configs/default.py for every key)'
+        return message + ' (see hpr/schema.py for every key)'
   first = text.splitlines()[0] if text else type(error).__name__
   return f'bad --config override: {first}'
 

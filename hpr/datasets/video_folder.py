@@ -47,7 +47,7 @@ side and stored as JPEG. UCF names v_<Class>_g<GG>_c<CC> give the group
 @dataclasses.dataclass(eq=False, kw_only=True)
 class VideoFolderConfig(tfds.core.BuilderConfig):
   """What to prepare from which folder; see `dataset.video_folder` in
-  configs/default.py for each field. `num_workers` does not change the data
+  hpr/schema.py for each field. `num_workers` does not change the data
   and is left out of the name."""
 
   root: str = ''

@@ -149,7 +149,7 @@ def make_config(
   base: ml_collections.ConfigDict | None = None,
   dataset: str | None = None,
 ) -> ml_collections.ConfigDict:
-  """`base` (default: configs/default.py) with the imported model's keys.
+  """`base` (default: hpr/schema.py's defaults) with the imported model's keys.
 
   Sets model.name, model.<name>.*, input.num_frames, input.image_size and
   input.normalization = 'unit' (pixel / 255, what the notebook's models were
@@ -190,7 +190,7 @@ def import_model(
     workdir: a new directory (or an empty one).
     class_names: one name per output of the model's last Dense layer.
     base: config for everything but the model and clip shape (default:
-      configs/default.py).
+      hpr/schema.py).
     dataset: dataset.name to evaluate and fine-tune on.
     num_frames: clip length, for models that leave it open.
 
@@ -253,7 +253,7 @@ def config_file(
   config: ml_collections.ConfigDict, path: str, workdir: str
 ) -> str:
   """A config file (`get_config()`) giving `config`: the keys that differ
-  from configs/default.py, so `--config W/config.py` finds them.
+  from hpr/schema.py, so `--config W/config.py` finds them.
 
   File names and config values are untrusted text (a model's file name may
   hold quotes or newlines), so the file holds them only as `repr()` string
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument(
     '--config',
     help='config file for everything but the model (default: '
-    'configs/default.py)',
+    'hpr/schema.py)',
   )
   parser.add_argument(
     '--num-frames',
