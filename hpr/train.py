@@ -5,12 +5,14 @@ ends with exactly the numbers an uninterrupted run gives.
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import signal
 import threading
 import time
+from typing import Any
 
 import jax
 import ml_collections
@@ -34,7 +36,15 @@ from hpr.evaluate import evaluate_split
 from hpr.train_state import create_train_state, jit_eval_step, jit_train_step
 
 # Config keys that change the model's arrays: a workdir cannot mix them.
-_SHAPE_KEYS = ('model', 'dataset.name', 'input.num_frames', 'input.image_size')
+_SHAPE_KEYS = (
+  'model',
+  'dataset.name',
+  'input.num_frames',
+  'input.image_size',
+  'input.modality',
+)
+# What a key missing from an older workdir's config.json meant then.
+_OLD_DEFAULTS = {'input.modality': 'rgb'}
 
 
 def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -51,6 +61,7 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     a, b = old, new
     for part in key.split('.'):
       a, b = a.get(part), b.get(part)
+    a = _OLD_DEFAULTS.get(key) if a is None else a
     if a != b:
       raise UserError(
         f'{workdir} holds a run with a different {key} '
@@ -136,7 +147,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir, mesh, stop)
 
 
+@dataclasses.dataclass
+class _Run:
+  """What the steps of one training share."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  stop: '_StopSignals'
+  builder: Any
+  info: Any
+  steps_per_epoch: int
+  ts: Any
+  ckpts: checkpoint.Checkpoints
+  logger: metrics.MetricLogger
+  stopper: _EarlyStopping
+  meta: dict
+  train_fn: Any
+  eval_fn: Any
+
+
 def _train_and_evaluate(config, workdir, mesh, stop: '_StopSignals') -> dict:
+  run = _start(config, workdir, mesh, stop)
+  t = config.training
+  report = periodic_actions.ReportProgress(
+    num_train_steps=run.steps_per_epoch * t.num_epochs,
+    writer=run.logger.writer,
+    every_secs=30,
+  )
+  step = run.ts.step
+  epoch, start_batch = run.meta['epoch'], run.meta['batch']
+  while not run.meta['stopped'] and epoch < t.num_epochs:
+    epoch_start = time.time()
+    step = _train_epoch(run, epoch, start_batch, step, report)
+    _end_epoch(run, epoch, step, time.time() - epoch_start)
+    epoch, start_batch = epoch + 1, 0
+    if stop.requested():
+      _stop(stop, step, run.ckpts, run.logger)
+  if stop.requested():  # Before the test, which a rerun does again.
+    _stop(stop, step, run.ckpts, run.logger)
+  run.ckpts.wait()
+  return _test_best(run, step)
+
+
+def _start(config, workdir, mesh, stop: '_StopSignals') -> _Run:
+  """Checks the workdir, opens the data, builds the state, resumes."""
   _check_workdir(config, workdir)
   builder = input_pipeline.get_builder(config.dataset)
   info = input_pipeline.get_dataset_info(config, builder)
@@ -147,7 +202,6 @@ def _train_and_evaluate(config, workdir, mesh, stop: '_StopSignals') -> dict:
       f'training.batch_size {config.training.batch_size} is larger than the '
       f'{info.num_examples[config.dataset.train_split]} training examples'
     )
-  num_steps = steps_per_epoch * config.training.num_epochs
   logging.info(
     '%s: %s classes, splits %s; %d steps per epoch',
     info.name,
@@ -155,7 +209,6 @@ def _train_and_evaluate(config, workdir, mesh, stop: '_StopSignals') -> dict:
     info.num_examples,
     steps_per_epoch,
   )
-
   ts = create_train_state(config, info.num_classes, mesh, steps_per_epoch)
   parameter_overview.log_parameter_overview(
     nnx.to_pure_dict(ts.state['model']), msg=f'{config.model.name} parameters'
@@ -167,7 +220,6 @@ def _train_and_evaluate(config, workdir, mesh, stop: '_StopSignals') -> dict:
     monitor=t.monitor,
   )
   logger = metrics.MetricLogger(workdir, is_main=parallel.is_main_process())
-
   # 'stopped': early stopping ended the run (a larger num_epochs does not
   # restart it; a run that just ran out of epochs continues if raised).
   meta = {'epoch': 0, 'batch': 0, 'stopped': False, 'early_stopping': None}
@@ -182,115 +234,140 @@ def _train_and_evaluate(config, workdir, mesh, stop: '_StopSignals') -> dict:
     init_from(ts, config.init_from, workdir)
   # Records past the checkpoint (or all, starting afresh) are written again.
   logger.truncate_after(resumed[0] if resumed else 0)
-  stopper = _EarlyStopping(t.monitor, t.patience, meta['early_stopping'])
+  return _Run(
+    config=config,
+    workdir=workdir,
+    mesh=mesh,
+    stop=stop,
+    builder=builder,
+    info=info,
+    steps_per_epoch=steps_per_epoch,
+    ts=ts,
+    ckpts=ckpts,
+    logger=logger,
+    stopper=_EarlyStopping(t.monitor, t.patience, meta['early_stopping']),
+    meta=meta,
+    train_fn=jit_train_step(
+      ts, mesh, seed=config.seed, label_smoothing=t.label_smoothing
+    ),
+    eval_fn=jit_eval_step(ts, mesh),
+  )
 
-  train_fn = jit_train_step(
-    ts, mesh, seed=config.seed, label_smoothing=t.label_smoothing
+
+def _train_epoch(run: _Run, epoch: int, start_batch: int, step: int, report):
+  """One pass over the training split from `start_batch`; returns the step.
+
+  Saves mid-epoch checkpoints (every training.checkpoint_every_steps, and
+  at the step boundary after a stop signal)."""
+  t, ts = run.config.training, run.ts
+  batches = input_pipeline.train_batches(
+    run.config, run.builder, epoch=epoch, start_batch=start_batch
   )
-  eval_fn = jit_eval_step(ts, mesh)
-  report = periodic_actions.ReportProgress(
-    num_train_steps=num_steps, writer=logger.writer, every_secs=30
-  )
-  step = ts.step
-  epoch, start_batch = meta['epoch'], meta['batch']
-  while not meta['stopped'] and epoch < t.num_epochs:
-    epoch_start = time.time()
-    batches = input_pipeline.train_batches(
-      config, builder, epoch=epoch, start_batch=start_batch
+  for batch_index, batch in enumerate(batches, start=start_batch):
+    ts.state, loss = run.train_fn(
+      ts.state, parallel.shard_batch(batch, run.mesh), step
     )
-    for batch_index, batch in enumerate(batches, start=start_batch):
-      ts.state, loss = train_fn(
-        ts.state, parallel.shard_batch(batch, mesh), step
+    step += 1
+    report(step)
+    if step % t.log_every_steps == 0:
+      _check_finite(float(loss), step, run.ckpts)
+      run.logger.write(
+        step, {f'train_{k}': v for k, v in ts.metrics().compute().items()}
       )
-      step += 1
-      report(step)
-      if step % t.log_every_steps == 0:
-        _check_finite(float(loss), step, ckpts)
-        logger.write(
-          step, {f'train_{k}': v for k, v in ts.metrics().compute().items()}
-        )
-      # At the epoch's last step the epoch-end checkpoint (after
-      # validation) is the one that counts, also when stopping.
-      mid_epoch = batch_index + 1 < steps_per_epoch
-      stopping = mid_epoch and stop.requested()
-      if mid_epoch and (
-        stopping
-        or (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0)
-      ):
-        meta = {
-          'epoch': epoch,
-          'batch': batch_index + 1,
-          'stopped': False,
-          'early_stopping': stopper.state(),
-        }
-        _check_finite(float(loss), step, ckpts)
-        ckpts.save(step, ts.checkpoint_tree(), meta)
-        logging.info('saved checkpoint at step %d', step)
-      if stopping:
-        _stop(stop, step, ckpts, logger)
-    train_scores = ts.metrics().compute()
-    _check_finite(float(train_scores['loss']), step, ckpts)
-    ts.reset_metrics()
-    val = evaluate_split(
-      eval_fn,
-      ts.state,
-      config,
-      builder,
-      config.dataset.eval_split,
-      mesh,
-      info.num_classes,
-    )
-    scores = {
-      'epoch': epoch + 1,
-      'train_loss': train_scores['loss'],
-      'train_accuracy': train_scores['accuracy'],
-      'val_loss': val['loss'],
-      'val_accuracy': val['accuracy'],
-      'epoch_seconds': time.time() - epoch_start,
-    }
-    logger.write(step, scores)
-    early = stopper.update(scores[t.monitor], step)
-    epoch, start_batch = epoch + 1, 0
-    meta = {
-      'epoch': epoch,
-      'batch': 0,
-      'early_stopping': stopper.state(),
-      'stopped': early,
-    }
-    ckpts.save(
-      step,
-      ts.checkpoint_tree(),
-      meta,
-      metrics={k: scores[k] for k in ('val_loss', 'val_accuracy')},
-    )
-    logging.info('saved checkpoint at step %d', step)
-    logging.info(
-      'epoch %d/%d: loss %.4f accuracy %.4f | val_loss %.4f val_accuracy '
-      '%.4f (%.1fs)%s',
-      epoch,
-      t.num_epochs,
-      scores['train_loss'],
-      scores['train_accuracy'],
-      val['loss'],
-      val['accuracy'],
-      scores['epoch_seconds'],
-      ' | early stop' if early else '',
-    )
-    if stop.requested():
-      _stop(stop, step, ckpts, logger)
-  if stop.requested():  # Before the test, which a rerun does again.
-    _stop(stop, step, ckpts, logger)
-  ckpts.wait()
+    # At the epoch's last step the epoch-end checkpoint (after
+    # validation) is the one that counts, also when stopping.
+    mid_epoch = batch_index + 1 < run.steps_per_epoch
+    stopping = mid_epoch and run.stop.requested()
+    if mid_epoch and (
+      stopping
+      or (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0)
+    ):
+      run.meta = {
+        'epoch': epoch,
+        'batch': batch_index + 1,
+        'stopped': False,
+        'early_stopping': run.stopper.state(),
+      }
+      _check_finite(float(loss), step, run.ckpts)
+      run.ckpts.save(step, ts.checkpoint_tree(), run.meta)
+      logging.info('saved checkpoint at step %d', step)
+    if stopping:
+      _stop(run.stop, step, run.ckpts, run.logger)
+  return step
 
+
+def _end_epoch(run: _Run, epoch: int, step: int, seconds: float) -> None:
+  """Validates, logs, updates early stopping and saves the epoch's
+  checkpoint (with run.meta['stopped'] set when early stopping ends it)."""
+  t, ts = run.config.training, run.ts
+  train_scores = ts.metrics().compute()
+  _check_finite(float(train_scores['loss']), step, run.ckpts)
+  ts.reset_metrics()
+  val = evaluate_split(
+    run.eval_fn,
+    ts.state,
+    run.config,
+    run.builder,
+    run.config.dataset.eval_split,
+    run.mesh,
+    run.info.num_classes,
+  )
+  scores = {
+    'epoch': epoch + 1,
+    'train_loss': train_scores['loss'],
+    'train_accuracy': train_scores['accuracy'],
+    'val_loss': val['loss'],
+    'val_accuracy': val['accuracy'],
+    'epoch_seconds': seconds,
+  }
+  run.logger.write(step, scores)
+  early = run.stopper.update(scores[t.monitor], step)
+  run.meta = {
+    'epoch': epoch + 1,
+    'batch': 0,
+    'early_stopping': run.stopper.state(),
+    'stopped': early,
+  }
+  run.ckpts.save(
+    step,
+    ts.checkpoint_tree(),
+    run.meta,
+    metrics={k: scores[k] for k in ('val_loss', 'val_accuracy')},
+  )
+  logging.info('saved checkpoint at step %d', step)
+  logging.info(
+    'epoch %d/%d: loss %.4f accuracy %.4f | val_loss %.4f val_accuracy '
+    '%.4f (%.1fs)%s',
+    epoch + 1,
+    t.num_epochs,
+    scores['train_loss'],
+    scores['train_accuracy'],
+    val['loss'],
+    val['accuracy'],
+    seconds,
+    ' | early stop' if early else '',
+  )
+
+
+def _test_best(run: _Run, step: int) -> dict:
+  """Tests the best checkpoint (by the monitored metric) with the
+  configured views; writes WORKDIR/eval."""
+  stopper, ts = run.stopper, run.ts
   best = stopper.best_step if stopper.best_step is not None else step
   if best != step:
-    tree, _ = ckpts.restore(best, ts.checkpoint_tree())
+    tree, _ = run.ckpts.restore(best, ts.checkpoint_tree())
     ts.load_checkpoint_tree(tree)
-  # The test split with the configured views; writes workdir/eval.
   test = evaluate.test_and_report(
-    eval_fn, ts.state, config, builder, mesh, info, workdir, best
+    run.eval_fn,
+    ts.state,
+    run.config,
+    run.builder,
+    run.mesh,
+    run.info,
+    run.workdir,
+    best,
   )
-  logger.write(
+  run.logger.write(
     step,
     {
       'test_loss': test['loss'],
@@ -298,8 +375,8 @@ def _train_and_evaluate(config, workdir, mesh, stop: '_StopSignals') -> dict:
       'test_best_step': best,
     },
   )
-  logger.close()
-  ckpts.close()
+  run.logger.close()
+  run.ckpts.close()
   logging.info(
     'test (checkpoint %d, %d videos): accuracy %.4f loss %.4f',
     best,
