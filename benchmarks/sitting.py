@@ -1,7 +1,7 @@
 r"""One sitting: the peers, hpr, the peers again, and hpr's speed over theirs.
 
-  python benchmarks/sitting.py --peers-python /tmp/peers/bin/python
-  python benchmarks/sitting.py --peers-python /tmp/peers/bin/python --quick
+  python benchmarks/sitting.py --peers_python /tmp/peers/bin/python
+  python benchmarks/sitting.py --peers_python /tmp/peers/bin/python --quick
   python benchmarks/sitting.py --table benchmarks/results/sitting_....json
   python benchmarks/sitting.py --recompute PEERS.json TRAIN_SPEED.json [PEERS.json]
 
@@ -10,7 +10,7 @@ tf_keras, PyTorch eager and torch.compile: benchmarks/peers/) are only
 comparable when measured on the same machine under the same load, and
 these VMs drift by more than 20% within the hour. So a sitting runs, one
 process each and one after the other: every peer (`benchmarks/peers/run.py`
-in the peers' environment, --peers-python), then hpr
+in the peers' environment, --peers_python), then hpr
 (`benchmarks/train_speed.py` in this one), then every peer again. For each
 cell (model and batch size) it reports hpr's training clips/s over the best
 peer's, before and after: a range, whose low end is the claim.
@@ -406,7 +406,6 @@ def hpr_pass(args) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument(
-    '--peers-python',
     '--peers_python',
     dest='peers_python',
     default=sys.executable,

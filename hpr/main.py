@@ -77,8 +77,19 @@ def _plot(workdir: str) -> None:
     logging.warning('could not draw the plots of %s: %s', workdir, e)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """`python -m hpr.main` and the `hpr-train` command."""
   # Restarts with glibc malloc settings that save XLA:CPU's steps their
   # page faults (hpr.malloc_tuning; HPR_MALLOC_TUNING=0 turns it off).
   malloc_tuning.reexec()
   app.run(main, flags_parser=launch.parse_flags)
+
+
+def run_evaluate() -> None:
+  """The `hpr-evaluate` command: `hpr.main` with --mode=evaluate."""
+  FLAGS.set_default('mode', 'evaluate')
+  run()
+
+
+if __name__ == '__main__':
+  run()

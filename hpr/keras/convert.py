@@ -416,7 +416,7 @@ def convert(model: keras_format.Model, num_frames: int | None = None):
   frames = frames or num_frames
   if frames is None:
     raise UserError(
-      f'{model.path} takes clips of any length; give --num-frames'
+      f'{model.path} takes clips of any length; give --num_frames'
     )
   if not steps:
     raise UserError(f'{model.path} has no layers')

@@ -1,7 +1,7 @@
 r"""Imports a trained Keras ConvLSTM or LRCN model into an hpr workdir.
 
-  python -m hpr.keras.importer MODEL.h5|MODEL.keras --class-names A,B,C \
-      --workdir W [--dataset NAME] [--config FILE] [--num-frames T]
+  python -m hpr.keras.importer MODEL.h5|MODEL.keras --class_names A,B,C \
+      --workdir W [--dataset NAME] [--config FILE] [--num_frames T]
 
 W then holds config.json, class_names.json, config.py and a checkpoint at
 step 0, and is evaluated, used for prediction and fine-tuned like a workdir
@@ -21,19 +21,18 @@ the arrays it declares are within 1 GiB and of the shapes its architecture
 gives. W/config.py holds the file's name only as a string literal.
 """
 
-import argparse
 import json
 import keyword
 import math
 import os
 import shlex
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import ml_collections  # noqa: E402
 
-from hpr.errors import ConfigError, UserError  # noqa: E402
+from hpr import cli  # noqa: E402
+from hpr.errors import UserError  # noqa: E402
 from hpr.keras import convert as keras_convert  # noqa: E402
 from hpr.keras import files as keras_format  # noqa: E402
 
@@ -155,8 +154,19 @@ def make_config(
   input.normalization = 'unit' (pixel / 255, what the notebook's models were
   trained on); dataset.name when `dataset` is given. Everything else
   (optimizer, training, the rest of the input pipeline) comes from `base`.
+
+  Raises:
+    UserError: `base` asks for another input.modality than 'rgb' (a Keras
+      model takes RGB frames).
   """
   from hpr import config as config_lib
+
+  modality = base.input.get('modality', 'rgb') if base is not None else 'rgb'
+  if modality != 'rgb':
+    raise UserError(
+      f"input.modality {modality!r}: an imported Keras model takes 'rgb' "
+      "frames; import it with input.modality = 'rgb'"
+    )
 
   if base is None:
     config = config_lib.default_config()
@@ -324,24 +334,15 @@ def _leaves(config, prefix: str = ''):
       yield f'{prefix}{key}', value
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-  def error(self, message: str) -> None:
-    _fail(ConfigError(f'{message} (see {self.prog} --help)'))
-
-
-def _fail(error: UserError) -> None:
-  print(f'hpr: error: {error}', file=sys.stderr)
-  sys.exit(error.exit_code)
-
-
 def main(argv: list[str] | None = None) -> None:
-  parser = _ArgumentParser(
+  parser = cli.ArgumentParser(
     prog='python -m hpr.keras.importer',
     description='Import a Keras ConvLSTM or LRCN model into an hpr workdir.',
   )
   parser.add_argument('model', help='Keras .h5 or .keras file (whole model)')
   parser.add_argument(
-    '--class-names',
+    '--class_names',
+    '--class-names',  # TODO(lead): drop once the tests use --class_names.
     required=True,
     help='comma-separated class names, in the order of the model outputs',
   )
@@ -351,10 +352,10 @@ def main(argv: list[str] | None = None) -> None:
   )
   parser.add_argument(
     '--config',
-    help='config file for everything but the model (default: '
-    'hpr/schema.py)',
+    help='config file for everything but the model (default: hpr/schema.py)',
   )
   parser.add_argument(
+    '--num_frames',
     '--num-frames',
     type=int,
     help='clip length, only for models that leave it open',
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
       num_frames=args.num_frames,
     )
   except UserError as e:
-    _fail(e)
+    cli.fail(e)
   print(
     f'imported {config.model.name} ({len(names)} classes, '
     f'{config.input.num_frames}x{config.input.image_size}x'
@@ -390,5 +391,10 @@ def main(argv: list[str] | None = None) -> None:
   )
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The `hpr-import-keras` command."""
   main()
+
+
+if __name__ == '__main__':
+  run()

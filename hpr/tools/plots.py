@@ -276,5 +276,10 @@ def main(argv: list[str] | None = None) -> None:
     print(path)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The command line, with user errors as one line."""
   cli.run(main)
+
+
+if __name__ == '__main__':
+  run()
