@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from hpr.datasets import synthetic_render
+from hpr.datasets import synthetic_hard, synthetic_render
 
 _DESCRIPTION = """\
 Procedurally rendered videos of an articulated figure performing 12 actions:
@@ -42,6 +42,10 @@ class SyntheticActionsConfig(tfds.core.BuilderConfig):
     seed: every pixel depends on the seed and the clip's (group, class, clip).
     fps: the nominal frame rate stored with each clip.
     nuisance: how much clips vary besides the action.
+    renderer: 'synthetic_render' (the figure's 12 actions at image_size and
+      fps) or 'synthetic_hard' (issue 25's 8 classes, each clip with its own
+      size, rate, length and codec; image_size, num_frames, fps and nuisance
+      are then unused).
   """
 
   image_size: int = 64
@@ -51,6 +55,7 @@ class SyntheticActionsConfig(tfds.core.BuilderConfig):
   seed: int = 0
   fps: float = 25.0
   nuisance: synthetic_render.Nuisance = synthetic_render.Nuisance()
+  renderer: str = 'synthetic_render'
 
 
 def split_groups(num_groups: int) -> dict[str, list[int]]:
@@ -107,6 +112,16 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
       nuisance=synthetic_render.HARD,
     ),
     SyntheticActionsConfig(
+      name='small_video',
+      description=(
+        'A small real-video folder to export (synthetic_hard): 8 classes, '
+        'three time-reversed pairs and two periodic, 25 groups x 2 clips = '
+        '400 clips of 160x120 to 320x240 at 15-30 fps, MPEG-4 or H.264.'
+      ),
+      clips_per_group=2,
+      renderer='synthetic_hard',
+    ),
+    SyntheticActionsConfig(
       name='tiny',
       description='For tests: 32x32, 12 frames, 5 groups x 1 clip x 12 '
       'classes = 60 clips; builds in a few seconds.',
@@ -124,23 +139,32 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
       for name, groups in split_groups(config.num_groups).items()
     )
     size = config.image_size
+    features = {
+      'video': tfds.features.Video(
+        shape=(None, size, size, 3), encoding_format='jpeg'
+      ),
+      'label': tfds.features.ClassLabel(names=_renderer(config).CLASS_NAMES),
+      'group': np.int32,  # 1..num_groups (UCF's gGG).
+      'clip': np.int32,  # Index within (group, class) (UCF's cCC).
+      'video_id': tfds.features.Text(),  # v_<Class>_g<GG>_c<CC>.
+      'fps': np.float32,
+      'num_frames': np.int32,
+    }
+    description = _DESCRIPTION
+    if config.renderer == 'synthetic_hard':
+      features['video'] = tfds.features.Video(
+        shape=(None, None, None, 3), encoding_format='jpeg'
+      )
+      # How hpr.tools.export_synthetic writes the clip: 'mpeg4' or 'libx264',
+      # and the file's extension.
+      features['codec'] = tfds.features.Text()
+      features['extension'] = tfds.features.Text()
+      description = synthetic_hard.__doc__ + '\n{classes}; {splits}.'
     return self.dataset_info_from_configs(
-      description=_DESCRIPTION.format(
-        classes=', '.join(synthetic_render.CLASS_NAMES), splits=splits
+      description=description.format(
+        classes=', '.join(_renderer(config).CLASS_NAMES), splits=splits
       ),
-      features=tfds.features.FeaturesDict(
-        {
-          'video': tfds.features.Video(
-            shape=(None, size, size, 3), encoding_format='jpeg'
-          ),
-          'label': tfds.features.ClassLabel(names=synthetic_render.CLASS_NAMES),
-          'group': np.int32,  # 1..num_groups (UCF's gGG).
-          'clip': np.int32,  # Index within (group, class) (UCF's cCC).
-          'video_id': tfds.features.Text(),  # v_<Class>_g<GG>_c<CC>.
-          'fps': np.float32,
-          'num_frames': np.int32,
-        }
-      ),
+      features=tfds.features.FeaturesDict(features),
       supervised_keys=('video', 'label'),
     )
 
@@ -153,6 +177,9 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, groups: list[int]):
     config = self.builder_config
+    if config.renderer == 'synthetic_hard':
+      yield from _generate_hard(config, groups)
+      return
     for group in groups:
       for class_name in synthetic_render.CLASS_NAMES:
         for clip in range(1, config.clips_per_group + 1):
@@ -179,3 +206,40 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
               'num_frames': len(video),
             },
           )
+
+
+def _renderer(config: SyntheticActionsConfig):
+  renderers = {
+    'synthetic_render': synthetic_render,
+    'synthetic_hard': synthetic_hard,
+  }
+  if config.renderer not in renderers:
+    raise ValueError(
+      f'unknown renderer {config.renderer!r}; valid: {sorted(renderers)}'
+    )
+  return renderers[config.renderer]
+
+
+def _generate_hard(config: SyntheticActionsConfig, groups: list[int]):
+  """synthetic_hard's clips, each with its own size, rate and codec."""
+  for group in groups:
+    for class_name in synthetic_hard.CLASS_NAMES:
+      for clip in range(1, config.clips_per_group + 1):
+        video, spec = synthetic_hard.render_clip(
+          class_name, group, clip, seed=config.seed
+        )
+        video_id = f'v_{class_name}_g{group:02d}_c{clip:02d}'
+        yield (
+          video_id,
+          {
+            'video': [io.BytesIO(_jpeg(frame)) for frame in video],
+            'label': class_name,
+            'group': group,
+            'clip': clip,
+            'video_id': video_id,
+            'fps': spec.fps,
+            'num_frames': len(video),
+            'codec': spec.codec,
+            'extension': spec.extension,
+          },
+        )

@@ -1,14 +1,21 @@
 """Writes synthetic_actions out as a UCF-style folder of real video files.
 
   python -m hpr.tools.export_synthetic --out /tmp/synthetic_ucf \
-      [--dataset synthetic_actions/tiny] [--width 320 --height 240]
+      [--dataset synthetic_actions/tiny] [--width 320 --height 240] [--seed N]
 
 gives OUT/<Class>/v_<Class>_g<GG>_c<CC>.avi (MPEG-4 part 2 in AVI, like
 UCF's files), every split of the dataset, so that the whole real-video path
 (`dataset.name = 'video_folder'`, group-wise splits, quarantine) can be tried
 without downloading UCF. The dataset is prepared first if it is not.
+
+`--dataset synthetic_actions/small_video` (issue 25's harder folder) stores
+each clip's own size, rate and codec, and its files are written with them:
+MPEG-4 in .avi and H.264 in .mp4, 160x120 to 320x240, 15 to 30 fps. `--seed`
+renders the config with another seed (prepared as `<config>_seed<N>`), so
+that anyone can make a folder no one tuned on.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -22,6 +29,7 @@ def export(
   dataset: str = 'synthetic_actions/tiny',
   *,
   data_dir: str = '',
+  seed: int | None = None,
   **options,
 ) -> list[str]:
   """Writes every video of `dataset` under `out`; returns the paths.
@@ -30,6 +38,7 @@ def export(
     out: the folder to create the class folders in.
     dataset: a prepared or preparable synthetic_actions config.
     data_dir: TFDS data_dir ('' for TFDS's default).
+    seed: render the config with this seed instead of its own.
     **options: `export_builder`'s (width, height, codec, extension, limit).
   """
   import ml_collections
@@ -38,10 +47,38 @@ def export(
 
   if not dataset.startswith('synthetic_actions'):
     raise UserError(f'--dataset must be a synthetic_actions config: {dataset}')
-  builder = input_pipeline.get_builder(
-    ml_collections.ConfigDict({'name': dataset, 'data_dir': data_dir})
-  )
+  if seed is None:
+    builder = input_pipeline.get_builder(
+      ml_collections.ConfigDict({'name': dataset, 'data_dir': data_dir})
+    )
+  else:
+    builder = _seeded_builder(dataset, seed, data_dir)
   return export_builder(builder, out, **options)
+
+
+def _seeded_builder(dataset: str, seed: int, data_dir: str):
+  """The prepared builder of `dataset`'s config rendered with `seed`."""
+  import tensorflow_datasets as tfds
+
+  from hpr.datasets import synthetic_actions
+
+  name = dataset.partition('/')[2] or 'default'
+  configs = synthetic_actions.SyntheticActions.builder_configs
+  if name not in configs:
+    raise UserError(
+      f'no synthetic_actions config {name!r}; valid: {sorted(configs)}'
+    )
+  config = dataclasses.replace(
+    configs[name], name=f'{name}_seed{seed}', seed=seed
+  )
+  builder = tfds.builder(
+    'synthetic_actions',
+    config=config,
+    data_dir=os.path.expanduser(data_dir) if data_dir else None,
+  )
+  if not builder.is_prepared():
+    builder.download_and_prepare()
+  return builder
 
 
 def export_builder(
@@ -61,8 +98,8 @@ def export_builder(
     builder: the prepared builder.
     out: the folder to create the class folders in.
     width, height: frame size of the files; 0 keeps the dataset's.
-    codec: PyAV codec name.
-    extension: the files' extension (picks the container).
+    codec: PyAV codec name, for datasets that do not store one per clip.
+    extension: the files' extension (picks the container), likewise.
     limit: write at most this many videos (0: all).
   """
   import tensorflow_datasets as tfds
@@ -81,9 +118,17 @@ def export_builder(
         class_name = names[ex['label']]
         folder = os.path.join(out, class_name)
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, ex['video_id'].decode() + extension)
+        # synthetic_actions/small_video stores each clip's codec.
+        clip_codec = ex['codec'].decode() if 'codec' in ex else codec
+        clip_extension = (
+          ex['extension'].decode() if 'codec' in ex else extension
+        )
+        path = os.path.join(folder, ex['video_id'].decode() + clip_extension)
         video_io.write_file(
-          path, _resized(ex['video'], width, height), float(ex['fps']), codec
+          path,
+          _resized(ex['video'], width, height),
+          float(ex['fps']),
+          clip_codec,
         )
         paths.append(path)
         progress.update()
@@ -115,6 +160,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--codec', default='mpeg4', help='PyAV codec name')
   parser.add_argument('--ext', default='.avi', help='container extension')
   parser.add_argument('--limit', type=int, default=0, help='0: all videos')
+  parser.add_argument(
+    '--seed',
+    type=int,
+    default=None,
+    help="render with this seed (default: the config's)",
+  )
   args = parser.parse_args(argv)
   if (
     (args.width % 2)
@@ -127,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out,
     args.dataset,
     data_dir=args.data_dir,
+    seed=args.seed,
     width=args.width,
     height=args.height,
     codec=args.codec,
@@ -136,5 +188,10 @@ def main(argv: list[str] | None = None) -> None:
   print(f'wrote {len(paths)} videos to {args.out}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The command line, with user errors as one line."""
   cli.run(main)
+
+
+if __name__ == '__main__':
+  run()
