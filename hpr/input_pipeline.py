@@ -135,7 +135,9 @@ def preprocess_ops(
   """The preprocessing of one example, as a list of ops.
 
   `num_views` temporal views (features['view']) and `num_crops` spatial ones
-  (features['crop']) are evaluation's multi-view test.
+  (features['crop']) are evaluation's multi-view test. The clip ends as
+  input.modality asks (`video_ops.modality`): C = 3 channels, 6 for
+  'rgb+diff'.
   """
   i = config.input
   ops = [
@@ -154,6 +156,8 @@ def preprocess_ops(
   if training and i.color_jitter:
     ops.append(video_ops.color_jitter(i.color_jitter))
   ops.append(video_ops.normalize(i.normalization))
+  if i.modality != 'rgb':
+    ops.append(video_ops.modality(i.modality))
   return ops
 
 
@@ -257,7 +261,7 @@ def train_batches(
   process's, `parallel.process_rows`).
 
   Yields:
-    {'video': float32 (b, T, S, S, 3), 'label': int32 (b,)}: this process's
+    {'video': float32 (b, T, S, S, C), 'label': int32 (b,)}: this process's
     rows of each global batch (b = training.batch_size in a single-process
     run); the last partial global batch is dropped.
   """
@@ -330,7 +334,7 @@ def eval_batches(
   see `video_ops.center_crop`), all with the example's `index`.
 
   Yields:
-    {'video': float32 (b, T, S, S, 3), 'label': int32 (b,),
+    {'video': float32 (b, T, S, S, C), 'label': int32 (b,),
      'index': int32 (b,) position of the example in `split`,
      'mask': bool (b,)}: mask is False for padding.
   """
@@ -368,7 +372,7 @@ def eval_batches(
     config.input.num_frames,
     config.input.image_size,
     config.input.image_size,
-    3,
+    video_ops.modality_channels(config.input.modality),
   )
   produced = 0
   for batch in ds.as_numpy_iterator():

@@ -32,6 +32,10 @@ from hpr.config import (
   unwrap_rules,
 )
 
+# input.modality -> channels of the model's input frames (hpr.video_ops
+# .to_modality makes them; hpr.train_state.build_model sizes the model).
+MODALITY_CHANNELS = {'rgb': 3, 'diff': 3, 'rgb+diff': 6}
+
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the default config (LRCN, synthetic_actions)."""
@@ -176,6 +180,12 @@ def _schema() -> ml_collections.ConfigDict:
   i.normalization = rule(
     'centered', one_of('unit', 'centered', 'clip_centered')
   )
+  # What the model sees, from the normalized clip (video_ops.to_modality):
+  # 'rgb' the frames; 'diff' the differences of consecutive sampled frames
+  # (TSN's RGB difference: frame t minus frame t-1, a zero difference first,
+  # so a clip keeps num_frames steps and what holds still is 0); 'rgb+diff'
+  # both stacked as 6 channels. The models' input channels follow it.
+  i.modality = rule('rgb', one_of(*MODALITY_CHANNELS))
   # Encoded videos held for shuffling in training.
   i.shuffle_buffer = rule(512, positive)
 

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from hpr import metrics, models, optim, parallel
 from hpr.errors import ConfigError
+from hpr.schema import MODALITY_CHANNELS
 
 Batch = dict[str, jax.Array]
 
@@ -153,13 +154,14 @@ def create_train_state(
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The configured model, initialised from `config.seed`."""
+  """The configured model, initialised from `config.seed`; its input
+  channels follow input.modality (3, or 6 for 'rgb+diff')."""
   name = config.model.name
   input_shape = (
     config.input.num_frames,
     config.input.image_size,
     config.input.image_size,
-    3,
+    MODALITY_CHANNELS[config.input.modality],
   )
   try:
     return models.build_model(

@@ -12,7 +12,10 @@ never on tf.data's parallelism or on where a resumed run starts.
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
+
+from hpr.schema import MODALITY_CHANNELS
 
 Features = dict[str, tf.Tensor]
 Op = Callable[[Features], Features]
@@ -337,6 +340,61 @@ def normalize(mode: str) -> Op:
       if mode == 'centered':
         video = video * 2.0 - 1.0
     return {**features, 'video': video}
+
+  return fn
+
+
+MODALITIES = tuple(MODALITY_CHANNELS)
+
+
+def modality_channels(modality: str) -> int:
+  """Channels of a model's input frames for `modality` (config
+  input.modality): 3 for 'rgb' and 'diff', 6 for 'rgb+diff'."""
+  if modality not in MODALITY_CHANNELS:
+    raise ValueError(
+      f'unknown modality {modality!r}; valid: {", ".join(MODALITIES)}'
+    )
+  return MODALITY_CHANNELS[modality]
+
+
+def to_modality(frames: np.ndarray, modality: str) -> np.ndarray:
+  """Normalized float frames [..., T, H, W, C] -> the model's input.
+
+  'rgb': the frames themselves. 'diff': differences of consecutive frames
+  (TSN's RGB difference), frame t minus frame t-1, with a zero difference
+  in front so that the clip keeps its T steps (a static clip is all zeros).
+  'rgb+diff': both stacked on the channel axis, rgb first: [..., T, H, W,
+  2C]. The NumPy twin of the input pipeline's `modality` op (the tools use
+  it on the frames they normalized themselves); both give the same numbers.
+  """
+  modality_channels(modality)  # Refuses an unknown modality.
+  frames = np.asarray(frames, np.float32)
+  if modality == 'rgb':
+    return frames
+  if frames.ndim < 4:
+    raise ValueError(f'frames must be [..., T, H, W, C], got {frames.shape}')
+  diff = np.diff(frames, axis=-4)
+  zero = np.zeros_like(frames[..., :1, :, :, :])
+  diff = np.concatenate([zero, diff], axis=-4)
+  if modality == 'diff':
+    return diff
+  return np.concatenate([frames, diff], axis=-1)
+
+
+def modality(mode: str) -> Op:
+  """The model's input from the normalized clip: `to_modality` in
+  TensorFlow. 'video' float32 (T, H, W, 3) -> (T, H, W, 3 or 6)."""
+  modality_channels(mode)  # Refuses an unknown modality.
+
+  def fn(features: Features) -> Features:
+    video = features['video']
+    if mode == 'rgb':
+      return features
+    diff = video[1:] - video[:-1]
+    diff = tf.concat([tf.zeros_like(video[:1]), diff], axis=0)
+    if mode == 'rgb+diff':
+      diff = tf.concat([video, diff], axis=-1)
+    return {**features, 'video': diff}
 
   return fn
 
