@@ -46,6 +46,12 @@ class SyntheticActionsConfig(tfds.core.BuilderConfig):
       fps) or 'synthetic_hard' (issue 25's 8 classes, each clip with its own
       size, rate, length and codec; image_size, num_frames, fps and nuisance
       are then unused).
+    flip_label_map: what a horizontal flip makes of the labels, which the
+      input pipeline's random flip applies (hpr.input_pipeline.flip_policy):
+      {class: class it becomes}, classes not in it keep their label; None
+      means clips must not be flipped. synthetic_render's figure faces left
+      or right at random, so a flip changes no class; synthetic_hard's
+      rotations swap (synthetic_hard.FLIP_LABEL_MAP).
   """
 
   image_size: int = 64
@@ -56,6 +62,9 @@ class SyntheticActionsConfig(tfds.core.BuilderConfig):
   fps: float = 25.0
   nuisance: synthetic_render.Nuisance = synthetic_render.Nuisance()
   renderer: str = 'synthetic_render'
+  flip_label_map: dict[str, str] | None = dataclasses.field(
+    default_factory=dict
+  )
 
 
 def split_groups(num_groups: int) -> dict[str, list[int]]:
@@ -120,6 +129,7 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
       ),
       clips_per_group=2,
       renderer='synthetic_hard',
+      flip_label_map=dict(synthetic_hard.FLIP_LABEL_MAP),
     ),
     SyntheticActionsConfig(
       name='tiny',
