@@ -114,7 +114,7 @@ def run(args) -> dict:
   import jax
   import numpy as np
 
-  from hpr import cli, malloc_tuning, parallel
+  from hpr import malloc_tuning, parallel
   from hpr.train_state import build_model, create_train_state, jit_train_step
 
   variants = [{'name': 'baseline', 'config': {}, 'xla': {}, 'setup': []}]
@@ -123,7 +123,7 @@ def run(args) -> dict:
     apply_overrides(load_config(args.model), variant['config'], variant['name'])
   base = load_config(args.model)
   base.training.batch_size = args.batch_size
-  cli.configure_cpu_devices(base.cpu_devices, (args.batch_size,))
+  parallel.configure_cpu_devices(base.cpu_devices, (args.batch_size,))
   mesh = parallel.make_mesh()
   clip_shape = (
     base.input.num_frames,

@@ -65,14 +65,6 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update('jax_remove_custom_partitioning_ptr_from_cache_key', True)
 
 
-def configure_cpu_devices(count: int, batch_sizes: tuple[int, ...] = ()) -> int:
-  """`hpr.parallel.configure_cpu_devices` for one process (kept for the
-  benchmarks and tools that call it from here)."""
-  from hpr import parallel
-
-  return parallel.configure_cpu_devices(count, batch_sizes)
-
-
 def run(main: Callable[[], None]) -> None:
   """Runs a tool's main(); a `UserError` ends it with one line.
 

@@ -1,4 +1,4 @@
-"""`cli.configure_cpu_devices`: a CPU-only host split into XLA devices."""
+"""`parallel.configure_cpu_devices`: a CPU-only host split into XLA devices."""
 
 import os
 import subprocess
@@ -9,8 +9,8 @@ import pytest
 
 CPU_DEVICES_SCRIPT = """
 import sys
-from hpr import cli
-count = cli.configure_cpu_devices(int(sys.argv[1]), tuple(map(int, sys.argv[2:])))
+from hpr import parallel
+count = parallel.configure_cpu_devices(int(sys.argv[1]), tuple(map(int, sys.argv[2:])))
 import jax
 print(count, jax.device_count())
 """
@@ -38,7 +38,7 @@ def test_configure_cpu_devices(args, expected):
 
 def test_configure_cpu_devices_leaves_fake_devices_and_a_started_jax():
   # This process has XLA_FLAGS' 8 fake devices (conftest) and JAX started.
-  from hpr import cli
+  from hpr import parallel
 
-  assert cli.configure_cpu_devices(2, (8,)) == 0
+  assert parallel.configure_cpu_devices(2, (8,)) == 0
   assert jax.device_count() == 8
