@@ -85,6 +85,31 @@ def items(kind: type) -> Check:
   return check
 
 
+def name_pairs(key: str, value: Any) -> None:
+  """A tuple, maybe empty, of (name, name) pairs of different names, no name
+  in two pairs (replaces the type check)."""
+  if not isinstance(value, tuple | list) or not all(
+    isinstance(p, tuple | list)
+    and len(p) == 2
+    and all(isinstance(n, str) for n in p)
+    for p in value
+  ):
+    raise ConfigError(
+      f"{key}: expected pairs of class names like (('Clockwise', "
+      f"'CounterClockwise'),), got {_describe(value)}"
+    )
+  names = [n for p in value for n in p]
+  for name in names:
+    if names.count(name) > 1:
+      raise ConfigError(
+        f'{key}: class {name!r} is named more than once; each class may be '
+        'in one pair'
+      )
+
+
+name_pairs.checks_type = True
+
+
 def positive(key: str, value: Any) -> None:
   """Numbers (or tuples of numbers) >= 1 / > 0."""
   if any(v <= 0 for v in _values(value)):
@@ -320,4 +345,6 @@ def lists_to_tuples(value):
   # JSON turned the config's tuples into lists.
   if isinstance(value, dict):
     return {k: lists_to_tuples(v) for k, v in value.items()}
-  return tuple(value) if isinstance(value, list) else value
+  if isinstance(value, list):
+    return tuple(lists_to_tuples(v) for v in value)
+  return value

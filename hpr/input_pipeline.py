@@ -125,17 +125,92 @@ def get_dataset_info(
   )
 
 
+def flip_labels(
+  config: ml_collections.ConfigDict,
+  class_names: tuple[str, ...],
+  builder: tfds.core.DatasetBuilder | None = None,
+) -> tuple[int, ...] | None:
+  """What a horizontal flip makes of each label, as dataset.flip and
+  dataset.flip_label_map say (the dataset's own declaration is its builder
+  config's `flip_label_map`, where it has one).
+
+  Returns:
+    (K,) ints: a flipped clip of class i has label result[i]; None: clips
+    of this dataset must not be flipped.
+
+  Raises:
+    UserError: the map names a class the dataset does not have.
+  """
+  d = config.dataset
+  if d.flip == 'forbidden':
+    return None
+  where = 'dataset.flip_label_map'
+  if d.flip_label_map:
+    mapping = {}
+    for a, b in d.flip_label_map:
+      mapping[a], mapping[b] = b, a
+  elif d.flip == 'dataset' and builder is not None:
+    declared = getattr(builder.builder_config, 'flip_label_map', {})
+    if declared is None:
+      return None
+    mapping = dict(declared)
+    where = f"{builder.name}'s flip_label_map"
+  else:
+    mapping = {}
+  index = {name: i for i, name in enumerate(class_names)}
+  for name in (*mapping, *mapping.values()):
+    if name not in index:
+      raise UserError(
+        f'{where}: {d.name} has no class {name!r}; its classes are '
+        f'{", ".join(class_names)}'
+      )
+  return tuple(index[mapping.get(name, name)] for name in class_names)
+
+
+def describe_flips(
+  config: ml_collections.ConfigDict,
+  class_names: tuple[str, ...],
+  builder: tfds.core.DatasetBuilder | None = None,
+) -> str:
+  """One line on what training's flips do, for the log; warns (absl) when
+  input.random_flip is on but the dataset forbids flips."""
+  from absl import logging
+
+  if not config.input.random_flip:
+    return 'no horizontal flips (input.random_flip is off)'
+  labels = flip_labels(config, class_names, builder)
+  if labels is None:
+    logging.warning(
+      'input.random_flip is on, but %s forbids horizontal flips '
+      '(dataset.flip or its builder config): training without flips; set '
+      'input.random_flip=False to say so',
+      config.dataset.name,
+    )
+    return 'no horizontal flips (the dataset forbids them)'
+  changed = [
+    f'{class_names[i]} -> {class_names[j]}'
+    for i, j in enumerate(labels)
+    if i != j
+  ]
+  return 'horizontal flips; a flip changes ' + (
+    ', '.join(changed) if changed else 'no label'
+  )
+
+
 def preprocess_ops(
   config: ml_collections.ConfigDict,
   *,
   training: bool,
   num_views: int = 1,
   num_crops: int = 1,
+  flip_labels: tuple[int, ...] | None = (),
 ) -> list[video_ops.Op]:
   """The preprocessing of one example, as a list of ops.
 
   `num_views` temporal views (features['view']) and `num_crops` spatial ones
-  (features['crop']) are evaluation's multi-view test. The clip ends as
+  (features['crop']) are evaluation's multi-view test. `flip_labels` is
+  what training's random flip makes of each label (`flip_labels()`; ()
+  keeps them, None: no flips). The clip ends as
   input.modality asks (`video_ops.modality`): C = 3 channels, 6 for
   'rgb+diff'.
   """
@@ -151,8 +226,8 @@ def preprocess_ops(
     video_ops.decode_frames(jpeg_ratio(config, training=training)),
     _crop_op(config, training=training, num_crops=num_crops),
   ]
-  if training and i.random_flip:
-    ops.append(video_ops.random_flip())
+  if training and i.random_flip and flip_labels is not None:
+    ops.append(video_ops.random_flip(flip_labels))
   if training and i.color_jitter:
     ops.append(video_ops.color_jitter(i.color_jitter))
   ops.append(video_ops.normalize(i.normalization))
@@ -277,8 +352,11 @@ def train_batches(
   # Whole global batches only, or the processes would disagree on the count.
   ds = ds.take(num_batches * global_size).skip(start_batch * global_size)
   ds = _rows(ds, global_size, rows)
+  flips = flip_labels(
+    config, tuple(builder.info.features['label'].names), builder
+  )
   ds = ds.map(
-    video_ops.compose(preprocess_ops(config, training=True)),
+    video_ops.compose(preprocess_ops(config, training=True, flip_labels=flips)),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )

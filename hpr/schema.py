@@ -25,6 +25,7 @@ from hpr.config import (
   interval,
   items,
   model_name,
+  name_pairs,
   non_negative,
   one_of,
   positive,
@@ -89,6 +90,21 @@ def _schema() -> ml_collections.ConfigDict:
   d.train_split = 'train'
   d.eval_split = 'validation'  # Evaluated after every epoch.
   d.test_split = 'test'  # Evaluated once with the best checkpoint.
+  # What a horizontal flip (input.random_flip) does to the labels; a flip
+  # turns a clockwise rotation counter-clockwise and "left to right" into
+  # "right to left" (docs/data.md, Flips). 'dataset': what the dataset
+  # declares (each synthetic_actions builder config has its flip_label_map,
+  # e.g. small_video's RotateCW <-> RotateCCW); datasets that declare nothing
+  # (video folders, other TFDS datasets) keep every label. 'allowed': a flip
+  # keeps every label but those of flip_label_map. 'forbidden': clips of this
+  # dataset are never flipped (input.random_flip is then ignored, with a
+  # warning).
+  d.flip = rule('dataset', one_of('dataset', 'allowed', 'forbidden'))
+  # Pairs of class names a flip swaps, e.g. (('Clockwise',
+  # 'CounterClockwise'), ('SwipeLeft', 'SwipeRight')) (MMAction2's Flip
+  # flip_label_map); classes in no pair keep their label. Given, it replaces
+  # the dataset's own declaration.
+  d.flip_label_map = rule((), name_pairs)
   # dataset.name = 'video_folder': your own videos, prepared once (README,
   # "Real videos"). Changing any key but num_workers prepares again, into
   # its own directory.

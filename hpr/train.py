@@ -209,6 +209,11 @@ def _start(config, workdir, mesh, stop: '_StopSignals') -> _Run:
     info.num_examples,
     steps_per_epoch,
   )
+  # Also refuses a flip_label_map naming a class the dataset lacks.
+  logging.info(
+    'training: %s',
+    input_pipeline.describe_flips(config, info.class_names, builder),
+  )
   ts = create_train_state(config, info.num_classes, mesh, steps_per_epoch)
   parameter_overview.log_parameter_overview(
     nnx.to_pure_dict(ts.state['model']), msg=f'{config.model.name} parameters'

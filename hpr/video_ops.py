@@ -277,16 +277,27 @@ def center_crop(size: int, num_crops: int = 1) -> Op:
   return fn
 
 
-def random_flip() -> Op:
-  """Mirrors the whole clip left-right with probability 1/2."""
+def random_flip(label_map: Sequence[int] | None = None) -> Op:
+  """Mirrors the whole clip left-right with probability 1/2.
+
+  Args:
+    label_map: what a flip makes of each label: a flipped clip of class i
+      gets label label_map[i] (e.g. clockwise <-> counter-clockwise). None
+      or () keeps the labels.
+  """
+  table = tf.constant(label_map, tf.int32) if label_map else None
 
   def fn(features: Features) -> Features:
     coin = tf.random.stateless_uniform([], _op_seed(features, _FLIP_SALT))
+    flip = coin < 0.5
     video = features['video']
-    video = tf.cond(
-      coin < 0.5, lambda: tf.reverse(video, axis=[2]), lambda: video
-    )
-    return {**features, 'video': video}
+    video = tf.cond(flip, lambda: tf.reverse(video, axis=[2]), lambda: video)
+    out = {**features, 'video': video}
+    if table is not None:
+      label = features['label']
+      flipped = tf.cast(tf.gather(table, label), label.dtype)
+      out['label'] = tf.where(flip, flipped, label)
+    return out
 
   return fn
 
