@@ -1,205 +1,61 @@
-"""Importing Keras models: models built and saved here with tf_keras (Keras 2)
-and Keras 3, in .h5 and .keras files, predict the same softmax in hpr;
-unsupported models end with one line; an imported workdir evaluates and
-fine-tunes."""
+"""Importing Keras models: models saved with tf_keras (Keras 2) and Keras 3,
+in .h5 and .keras files, predict the same softmax in hpr; unsupported models
+end with one line; an imported workdir evaluates and fine-tunes.
+
+The model files and the Keras models' outputs are made by
+tests/fixtures/make_keras_fixtures.py (which says how to make them again) and
+committed, so these tests need no Keras."""
 
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
-# Keras 3 reads its backend once, on import.
-os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
+import jax
+import numpy as np
+import pytest
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+from hpr import config as config_lib
+from hpr import evaluate, input_pipeline, models, train
+from hpr.errors import UserError
+from hpr.keras import importer as import_keras
+from hpr.models import layers as hpr_layers
+from tests.conftest import tiny_config
+from tests.fixtures import make_keras_fixtures as fixtures
+from tests.fixtures.make_keras_fixtures import ARCHS, FORMATS, NOTEBOOK_SHAPE
 
-from hpr import config as config_lib  # noqa: E402
-from hpr import evaluate, input_pipeline, models, train  # noqa: E402
-from hpr.errors import UserError  # noqa: E402
-from hpr.keras import importer as import_keras  # noqa: E402
-from hpr.models import layers as hpr_layers  # noqa: E402
-from tests.conftest import tiny_config  # noqa: E402
-
-tf_keras = pytest.importorskip('tf_keras')
-keras = pytest.importorskip('keras', minversion='3')
-KERAS = {2: tf_keras, 3: keras}
 TOLERANCE = 1e-5  # Max absolute difference of the softmax outputs.
 MAX_DIFFS = {}  # Test id -> measured max difference, printed at the end.
-
-
-# The notebook's two networks and variants. Each builder takes a Keras module
-# and returns the layers after the input.
-def convlstm_notebook(k, num_classes=4):
-  layers = k.layers
-  kwargs = dict(
-    kernel_size=(3, 3),
-    activation='tanh',
-    data_format='channels_last',
-    recurrent_dropout=0.2,
-    return_sequences=True,
-  )
-  out = []
-  for i, filters in enumerate((4, 8, 14, 16)):
-    out.append(layers.ConvLSTM2D(filters=filters, **kwargs))
-    out.append(
-      layers.MaxPooling3D(
-        pool_size=(1, 2, 2), padding='same', data_format='channels_last'
-      )
-    )
-    if i < 3:
-      out.append(layers.TimeDistributed(layers.Dropout(0.2)))
-  return out + [
-    layers.Flatten(),
-    layers.Dense(num_classes, activation='softmax'),
-  ]
-
-
-def convlstm_same(k):
-  """'same' padding, other filters, odd frame sizes for the 'same' pools,
-  and 'hard_sigmoid' gates spelled out (Keras 3's differs from Keras 2's)."""
-  layers = k.layers
-  out = []
-  for i, filters in enumerate((6, 10, 12)):
-    out.append(
-      layers.ConvLSTM2D(
-        filters,
-        (3, 3),
-        padding='same',
-        recurrent_activation='hard_sigmoid',
-        return_sequences=True,
-      )
-    )
-    out.append(layers.MaxPooling3D((1, 2, 2), padding='same'))
-    if i < 2:
-      out.append(layers.TimeDistributed(layers.Dropout(0.3)))
-  return out + [layers.Flatten(), layers.Dense(4, activation='softmax')]
-
-
-def convlstm_avgpool(k):
-  """5x5 kernels, TimeDistributed pools, plain Dropout, a global average
-  head and a linear Dense (logits)."""
-  layers = k.layers
-  return [
-    layers.ConvLSTM2D(5, (5, 5), return_sequences=True),
-    layers.TimeDistributed(layers.MaxPooling2D((2, 2), padding='same')),
-    layers.Dropout(0.1),
-    layers.ConvLSTM2D(7, (5, 5), return_sequences=True),
-    layers.TimeDistributed(layers.MaxPooling2D((2, 2), padding='same')),
-    layers.GlobalAveragePooling3D(),
-    layers.Dense(3),
-  ]
-
-
-def lrcn_notebook(k):
-  layers = k.layers
-  td = layers.TimeDistributed
-  out = []
-  blocks = zip((16, 32, 64, 64), (4, 4, 2, 2), strict=True)
-  for i, (filters, pool) in enumerate(blocks):
-    out.append(
-      td(layers.Conv2D(filters, (3, 3), padding='same', activation='relu'))
-    )
-    out.append(td(layers.MaxPooling2D((pool, pool))))
-    if i < 3:
-      out.append(td(layers.Dropout(0.25)))
-  return out + [
-    td(layers.Flatten()),
-    layers.LSTM(32),
-    layers.Dense(4, activation='softmax'),
-  ]
-
-
-def lrcn_variant(k):
-  """Three 5x5 blocks, other widths and pools, LSTM(24)."""
-  layers = k.layers
-  td = layers.TimeDistributed
-  out = []
-  for i, filters in enumerate((8, 12, 16)):
-    out.append(
-      td(layers.Conv2D(filters, (5, 5), padding='same', activation='relu'))
-    )
-    out.append(td(layers.MaxPooling2D((2, 2))))
-    if i < 2:
-      out.append(td(layers.Dropout(0.1)))
-  return out + [
-    td(layers.Flatten()),
-    layers.LSTM(24),
-    layers.Dense(5, activation='softmax'),
-  ]
-
-
-ARCHS = {
-  # name: (builder, small input shape)
-  'convlstm_notebook': (convlstm_notebook, (6, 32, 32, 3)),
-  'convlstm_same': (convlstm_same, (5, 30, 30, 3)),
-  'convlstm_avgpool': (convlstm_avgpool, (4, 24, 24, 3)),
-  'lrcn_notebook': (lrcn_notebook, (6, 64, 64, 3)),
-  'lrcn_variant': (lrcn_variant, (6, 36, 36, 3)),
-}
-FORMATS = ('h5', 'keras')
-NOTEBOOK_SHAPE = (20, 64, 64, 3)
 NOTEBOOK_PARAMS = {'convlstm_notebook': 44_524, 'lrcn_notebook': 73_060}
 
 
-def build(version, layers_fn, shape, seed=0):
-  """A Keras model with random weights that give confident predictions."""
-  k = KERAS[version]
-  k.utils.set_random_seed(seed)
-  layers = layers_fn(k)
-  if version == 2:  # As the notebook: input_shape on the first layer.
-    first = layers[0]
-    config = first.get_config()
-    config['input_shape'] = shape
-    layers[0] = type(first).from_config(config)
-    model = k.Sequential(layers)
-  else:
-    model = k.Sequential([k.Input(shape), *layers])
-  rng = np.random.default_rng(seed)
-  weights = model.get_weights()
-  # Non-zero biases (Keras initialises them to 0 or 1) and a sharper Dense.
-  weights = [
-    w + rng.normal(0, 0.1, w.shape) if w.ndim == 1 else 1.5 * w for w in weights
-  ]
-  weights[-2] = weights[-2] * 8
-  model.set_weights([w.astype(np.float32) for w in weights])
-  return model
+@pytest.fixture(scope='session')
+def keras_files(tmp_path_factory):
+  """The folder of the committed Keras model files (extracted, checked)."""
+  return fixtures.extract(tmp_path_factory.mktemp('keras_fixtures'))
 
 
-def keras_softmax(model, x):
-  y = np.asarray(model(x, training=False))
-  if model.layers[-1].get_config()['activation'] == 'linear':
+def keras_softmax(ref):
+  """The Keras model's softmax on its reference inputs."""
+  y = ref['outputs']
+  if ref['activation'] == 'linear':
     y = np.asarray(jax.nn.softmax(y))
   return y
 
 
-def save(model, directory, version, fmt):
-  path = os.path.join(directory, f'keras{version}.{fmt}')
-  model.save(path)
-  return path
-
-
-@pytest.fixture(scope='module')
-def saved(tmp_path_factory):
-  """(version, arch, shape) -> (paths by format, inputs, Keras softmax,
-  Keras parameter count); each model is built and saved once."""
-  cache = {}
-
-  def get(version, arch, shape):
-    key = (version, arch, shape)
-    if key not in cache:
-      directory = str(tmp_path_factory.mktemp(f'k{version}_{arch}'))
-      model = build(version, ARCHS[arch][0], shape)
-      x = np.random.default_rng(1).uniform(size=(2, *shape))
-      x[1] = x[1] ** 4  # A dark, sparse clip: a different prediction.
-      x = x.astype(np.float32)
-      paths = {fmt: save(model, directory, version, fmt) for fmt in FORMATS}
-      cache[key] = (paths, x, keras_softmax(model, x), model.count_params())
-    return cache[key]
-
-  return get
+def saved(root, version, name):
+  """The `name` model saved by Keras `version`: (paths by format, inputs,
+  Keras softmax, Keras parameter count)."""
+  ref = fixtures.reference(root, version, name)
+  assert ref['keras_version'].split('.')[0] == str(version)
+  x = fixtures.clip_inputs(ref['input_shape'])
+  assert fixtures.sha256(x.tobytes()) == ref['inputs_sha256']
+  paths = {
+    fmt: fixtures.model_file(root, version, name, fmt) for fmt in FORMATS
+  }
+  return paths, x, keras_softmax(ref), ref['count_params']
 
 
 def hpr_softmax(path, x):
@@ -207,8 +63,8 @@ def hpr_softmax(path, x):
   return np.asarray(jax.nn.softmax(module(x))), models.count_params(module)
 
 
-def check_equal(request, saved, version, arch, shape, fmt):
-  paths, x, want, num_params = saved(version, arch, shape)
+def check_equal(request, root, version, name, fmt):
+  paths, x, want, num_params = saved(root, version, name)
   got, hpr_params = hpr_softmax(paths[fmt], x)
   diff = float(np.abs(got - want).max())
   MAX_DIFFS[request.node.callspec.id] = diff
@@ -233,10 +89,11 @@ def report_max_diffs():
 @pytest.mark.parametrize('fmt', FORMATS)
 @pytest.mark.parametrize('arch', ARCHS)
 @pytest.mark.parametrize('version', [2, 3])
-def test_predictions_match_keras(request, saved, version, arch, fmt):
-  path = check_equal(request, saved, version, arch, ARCHS[arch][1], fmt)
+def test_predictions_match_keras(request, keras_files, version, arch, fmt):
+  path = check_equal(request, keras_files, version, arch, fmt)
   imported = import_keras.read(path)
   assert imported.name == arch.split('_')[0]
+  assert imported.image_size == ARCHS[arch][1][1]
   if arch == 'convlstm_same':
     # The file's 'hard_sigmoid' is taken as the Keras that saved it meant.
     want = {2: 'hard_sigmoid', 3: 'hard_sigmoid_keras3'}[version]
@@ -248,9 +105,14 @@ def test_predictions_match_keras(request, saved, version, arch, fmt):
 )
 @pytest.mark.parametrize('arch', ['convlstm_notebook', 'lrcn_notebook'])
 def test_notebook_models_at_the_notebook_shape(
-  request, saved, version, fmt, arch
+  request, keras_files, version, fmt, arch
 ):
-  path = check_equal(request, saved, version, arch, NOTEBOOK_SHAPE, fmt)
+  assert fixtures.NOTEBOOK_FILES[version] == fmt
+  name = f'{arch}_notebook_shape'
+  path = check_equal(request, keras_files, version, name, fmt)
+  assert fixtures.reference(keras_files, version, name)['input_shape'] == (
+    NOTEBOOK_SHAPE
+  )
   assert (
     models.count_params(import_keras.load_module(path))
     == (NOTEBOOK_PARAMS[arch])
@@ -264,10 +126,10 @@ def test_notebook_models_at_the_notebook_shape(
     assert imported.kwargs['filters'] == (4, 8, 14, 16)
 
 
-def test_the_hard_sigmoid_version_matters(saved):
+def test_the_hard_sigmoid_version_matters(keras_files):
   """Reading a Keras 3 'hard_sigmoid' as Keras 2's would be visibly wrong,
   so the equality above depends on choosing the right one."""
-  paths, x, want, _ = saved(3, 'convlstm_same', ARCHS['convlstm_same'][1])
+  paths, x, want, _ = saved(keras_files, 3, 'convlstm_same')
   module = import_keras.load_module(paths['keras'])
   for convlstm in module.convlstms:
     convlstm.cell.recurrent_activation = hpr_layers.hard_sigmoid_keras2
@@ -275,115 +137,62 @@ def test_the_hard_sigmoid_version_matters(saved):
   assert np.abs(wrong - want).max() > 100 * TOLERANCE
 
 
-def _unsupported(k):
-  """Models hpr cannot express -> words the one-line error must contain."""
-  layers = k.layers
-  td = layers.TimeDistributed
-  pool = layers.MaxPooling3D((1, 2, 2), padding='same')
-  head = [layers.Flatten(), layers.Dense(2, activation='softmax')]
-  return {
-    'batch_norm': (
-      [layers.ConvLSTM2D(2, 3, return_sequences=True), pool]
-      + [layers.BatchNormalization()]
-      + head,
-      ['BatchNormalization', 'supported layers: ConvLSTM2D'],
-    ),
-    'conv3d': (
-      [layers.Conv3D(2, 3)] + head,
-      ['Conv3D', 'supported layers'],
-    ),
-    'strides': (
-      [layers.ConvLSTM2D(2, 3, strides=2, return_sequences=True), pool] + head,
-      ['ConvLSTM2D', 'strides=(2, 2)', 'strides=(1, 1)'],
-    ),
-    'dense_relu': (
-      [layers.ConvLSTM2D(2, 3, return_sequences=True), pool]
-      + [layers.Flatten(), layers.Dense(2, activation='relu')],
-      ["activation='relu'", "activation='softmax'"],
-    ),
-    'no_pool': (
-      [layers.ConvLSTM2D(2, 3, return_sequences=True)] + head,
-      ['not followed by max pooling'],
-    ),
-    'kernel_sizes': (
-      [
-        layers.ConvLSTM2D(2, 3, return_sequences=True),
-        pool,
-        layers.ConvLSTM2D(2, 5, return_sequences=True),
-        layers.MaxPooling3D((1, 2, 2), padding='same'),
-      ]
-      + head,
-      ['kernel_size=(5, 5) differs', 'one kernel_size'],
-    ),
-    'last_return_sequences': (
-      [layers.ConvLSTM2D(2, 3, return_sequences=False)] + head,
-      ['return_sequences=False', 'return_sequences=True'],
-    ),
-    'lstm_hard_sigmoid': (
-      [
-        td(layers.Conv2D(2, 3, padding='same', activation='relu')),
-        td(layers.MaxPooling2D(2)),
-        td(layers.Flatten()),
-        layers.LSTM(3, recurrent_activation='hard_sigmoid'),
-        layers.Dense(2, activation='softmax'),
-      ],
-      ["recurrent_activation='hard_sigmoid'", "'sigmoid'"],
-    ),
-    'lrcn_valid_conv': (
-      [
-        td(layers.Conv2D(2, 3, activation='relu')),
-        td(layers.MaxPooling2D(2)),
-        td(layers.Flatten()),
-        layers.LSTM(3),
-        layers.Dense(2, activation='softmax'),
-      ],
-      ["padding='valid'", "padding='same'"],
-    ),
-  }
+def test_the_fixtures_are_the_keras_models(keras_files):
+  """The committed files are what make_keras_fixtures.py says: each
+  version's Keras saved them, at the shapes the tests name."""
+  with open(fixtures.MANIFEST) as f:
+    versions = json.load(f)['versions']
+  assert versions['tf_keras'].split('.')[0] == '2'
+  assert versions['keras'].split('.')[0] == '3'
+  for version in (2, 3):
+    for arch, (_, shape) in ARCHS.items():
+      ref = fixtures.reference(keras_files, version, arch)
+      want = versions['tf_keras' if version == 2 else 'keras']
+      assert ref['keras_version'] == want
+      assert ref['input_shape'] == shape
+      for fmt in FORMATS:
+        path = fixtures.model_file(keras_files, version, arch, fmt)
+        assert import_keras.read(path).num_frames == shape[0]
+  unsupported = sorted(os.listdir(keras_files / 'unsupported'))
+  want = [f'{case}.keras' for case in UNSUPPORTED]
+  assert unsupported == sorted(['batch_norm.h5', 'non_square.keras', *want])
 
 
-@pytest.mark.parametrize(
-  'case',
-  [
-    'batch_norm',
-    'conv3d',
-    'strides',
-    'dense_relu',
-    'no_pool',
-    'kernel_sizes',
-    'last_return_sequences',
-    'lstm_hard_sigmoid',
-    'lrcn_valid_conv',
-  ],
-)
-def test_unsupported_models_fail_in_one_line(tmp_path, case):
-  layers, words = _unsupported(keras)[case]
-  model = keras.Sequential([keras.Input((3, 16, 16, 3)), *layers])
-  path = str(tmp_path / 'model.keras')
-  model.save(path)
+# Models hpr cannot express (made by make_keras_fixtures.unsupported, Keras 3,
+# (3, 16, 16, 3) clips) -> words the one-line error must contain.
+UNSUPPORTED = {
+  'batch_norm': ['BatchNormalization', 'supported layers: ConvLSTM2D'],
+  'conv3d': ['Conv3D', 'supported layers'],
+  'strides': ['ConvLSTM2D', 'strides=(2, 2)', 'strides=(1, 1)'],
+  'dense_relu': ["activation='relu'", "activation='softmax'"],
+  'no_pool': ['not followed by max pooling'],
+  'kernel_sizes': ['kernel_size=(5, 5) differs', 'one kernel_size'],
+  'last_return_sequences': ['return_sequences=False', 'return_sequences=True'],
+  'lstm_hard_sigmoid': ["recurrent_activation='hard_sigmoid'", "'sigmoid'"],
+  'lrcn_valid_conv': ["padding='valid'", "padding='same'"],
+}
+
+
+@pytest.mark.parametrize('case', list(UNSUPPORTED))
+def test_unsupported_models_fail_in_one_line(keras_files, case):
+  path = str(keras_files / 'unsupported' / f'{case}.keras')
+  assert os.path.isfile(path)
   with pytest.raises(UserError) as e:
     import_keras.read(path)
   message = str(e.value)
   assert '\n' not in message
-  for word in words:
+  for word in UNSUPPORTED[case]:
     assert word in message
 
 
-def test_non_square_frames(tmp_path):
-  model = keras.Sequential(
-    [keras.Input((3, 8, 10, 3)), *convlstm_avgpool(keras)[:3]]
-    + [keras.layers.GlobalAveragePooling3D(), keras.layers.Dense(2)]
-  )
-  path = str(tmp_path / 'model.keras')
-  model.save(path)
+def test_non_square_frames(keras_files):
+  path = str(keras_files / 'unsupported' / 'non_square.keras')
   with pytest.raises(UserError, match='8x10; hpr supports square'):
     import_keras.read(path)
 
 
-def test_weights_only_file(tmp_path):
-  model = build(2, convlstm_avgpool, ARCHS['convlstm_avgpool'][1])
-  path = str(tmp_path / 'model.weights.h5')
-  model.save_weights(path)
+def test_weights_only_file(keras_files):
+  path = fixtures.model_file(keras_files, 2, 'convlstm_avgpool', 'weights.h5')
   with pytest.raises(UserError, match='weights only, no architecture'):
     import_keras.read(path)
 
@@ -395,11 +204,9 @@ def test_not_a_model_file(tmp_path):
     import_keras.read(str(path))
 
 
-def test_cli_fails_with_one_line(tmp_path):
-  layers, _ = _unsupported(keras)['batch_norm']
-  model = keras.Sequential([keras.Input((3, 16, 16, 3)), *layers])
+def test_cli_fails_with_one_line(tmp_path, keras_files):
   path = str(tmp_path / 'model.h5')
-  model.save(path)
+  shutil.copy(keras_files / 'unsupported' / 'batch_norm.h5', path)
   result = subprocess.run(
     [sys.executable, '-m', 'hpr.keras.importer', path, '--class-names', 'a,b']
     + ['--workdir', str(tmp_path / 'w')],
@@ -432,36 +239,23 @@ def test_cli_bad_arguments(capsys):
   assert len(err) == 1 and '--class-names' in err[0]
 
 
-def test_class_names_must_match_the_outputs(tmp_path, saved):
-  paths, *_ = saved(3, 'convlstm_avgpool', ARCHS['convlstm_avgpool'][1])
+def test_class_names_must_match_the_outputs(tmp_path, keras_files):
+  paths, *_ = saved(keras_files, 3, 'convlstm_avgpool')
   with pytest.raises(UserError, match='predicts 3 classes, but 2 class'):
     import_keras.import_model(paths['keras'], str(tmp_path), ['a', 'b'])
 
 
-def _tiny_keras_model(version):
-  """A 12-class ConvLSTM for the tiny synthetic dataset (6x32x32 clips)."""
-
-  def layers_fn(k):
-    layers = k.layers
-    return [
-      layers.ConvLSTM2D(
-        4, (3, 3), recurrent_dropout=0.2, return_sequences=True
-      ),
-      layers.MaxPooling3D((1, 2, 2), padding='same'),
-      layers.TimeDistributed(layers.Dropout(0.2)),
-      layers.ConvLSTM2D(
-        4, (3, 3), recurrent_dropout=0.2, return_sequences=True
-      ),
-      layers.MaxPooling3D((1, 2, 2), padding='same'),
-      layers.Flatten(),
-      layers.Dense(12, activation='softmax'),
-    ]
-
-  return build(version, layers_fn, (6, 32, 32, 3))
+def tiny_keras_model(root, version, directory) -> str:
+  """A copy in `directory` of the 12-class ConvLSTM for the tiny synthetic
+  dataset (6x32x32 clips) that Keras `version` saved."""
+  fmt = fixtures.TINY12_FILES[version]
+  path = os.path.join(directory, f'keras{version}.{fmt}')
+  shutil.copy(fixtures.model_file(root, version, 'tiny12', fmt), path)
+  return path
 
 
-def test_cli_writes_a_workdir(tmp_path, capsys, absl_verbosity):
-  path = save(_tiny_keras_model(2), str(tmp_path), 2, 'h5')
+def test_cli_writes_a_workdir(tmp_path, keras_files, capsys, absl_verbosity):
+  path = tiny_keras_model(keras_files, 2, tmp_path)
   workdir = str(tmp_path / 'workdir')
   names = [f'class{i}' for i in range(12)]
   import_keras.main(
@@ -491,10 +285,13 @@ def test_cli_writes_a_workdir(tmp_path, capsys, absl_verbosity):
 
 
 def test_imported_workdir_evaluates_and_fine_tunes(
-  data_dir, tmp_path, caplog, absl_verbosity
+  data_dir, tmp_path, keras_files, caplog, absl_verbosity
 ):
-  model = _tiny_keras_model(3)
-  path = save(model, str(tmp_path), 3, 'keras')
+  """The workdir's model is the Keras model (on the Keras outputs stored
+  with it); evaluation and hpr.tools.predict give what the model read
+  straight from the file (which test_predictions_match_keras holds to
+  Keras's outputs) gives on the same test clips and video."""
+  path = tiny_keras_model(keras_files, 3, tmp_path)
   workdir = str(tmp_path / 'workdir')
   base = tiny_config(data_dir)
   names = [f'class{i}' for i in range(12)]
@@ -502,7 +299,24 @@ def test_imported_workdir_evaluates_and_fine_tunes(
   assert config.model.convlstm.filters == (4, 4)
   assert config.model.convlstm.recurrent_activation == 'sigmoid'
 
-  # Evaluation gives Keras's loss and accuracy on the same test clips.
+  from hpr import video_io
+  from hpr.datasets import synthetic_render
+  from hpr.tools import predict
+
+  # The workdir's checkpoint and config give Keras's softmax.
+  ref = fixtures.reference(keras_files, 3, 'tiny12')
+  x = fixtures.clip_inputs(ref['input_shape'])
+  predictor = predict.load_predictor(workdir)
+  got = np.asarray(jax.nn.softmax(predictor.module(x)))
+  np.testing.assert_allclose(got, keras_softmax(ref), rtol=0, atol=TOLERANCE)
+  assert np.abs(ref['outputs'][0] - ref['outputs'][1]).max() > 0.01
+
+  # Evaluation gives the file's model's loss and accuracy on the test clips.
+  model = import_keras.load_module(path)
+
+  def file_softmax(clips):
+    return np.asarray(jax.nn.softmax(model(clips)))
+
   result = evaluate.evaluate(config, workdir)
   builder = input_pipeline.get_builder(config.dataset)
   probs, labels = [], []
@@ -510,7 +324,7 @@ def test_imported_workdir_evaluates_and_fine_tunes(
     config, builder, config.dataset.test_split
   ):
     mask = batch['mask'].astype(bool)
-    probs.append(keras_softmax(model, batch['video'][mask]))
+    probs.append(file_softmax(batch['video'][mask]))
     labels.append(batch['label'][mask])
   probs, labels = np.concatenate(probs), np.concatenate(labels)
   assert result['count'] == len(labels) == 12
@@ -518,18 +332,14 @@ def test_imported_workdir_evaluates_and_fine_tunes(
   assert result['loss'] == pytest.approx(keras_loss, rel=1e-5)
   assert result['accuracy'] == (probs.argmax(-1) == labels).mean()
 
-  # hpr.tools.predict on a video file gives Keras's softmax on the same clip.
-  from hpr.datasets import synthetic_render
-  from hpr.tools import predict, video_io
-
+  # hpr.tools.predict on a video file gives its softmax on the same clip.
   frames = synthetic_render.render_clip('Waving', 9, 1, num_frames=15)
   video = str(tmp_path / 'wave.mp4')
   video_io.write_video(video, list(frames), 25.0)
-  predictor = predict.load_predictor(workdir)
   got = predict.predict_video(predictor, video, top_k=12)
   decoded, _ = video_io.read_video(video)
   clip = predictor.preprocess(decoded[predictor.clip_indices(len(decoded))])
-  want = keras_softmax(model, clip[None])[0]
+  want = file_softmax(clip[None])[0]
   by_class = {t['class']: t['confidence'] for t in got['top_k']}
   np.testing.assert_allclose(
     [by_class[n] for n in names], want, rtol=0, atol=1e-5

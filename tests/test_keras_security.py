@@ -1,6 +1,10 @@
 """Hostile Keras model files: a file name that is Python code, HDF5 data
 stored outside the file, sizes that would exhaust memory and malformed
-architecture JSON are refused in one line, before anything is read or run."""
+architecture JSON are refused in one line, before anything is read or run.
+
+Each hostile file is a copy of a model that tf_keras saved (committed by
+tests/fixtures/make_keras_fixtures.py) changed with h5py and zipfile, so
+these tests need no Keras."""
 
 import json
 import os
@@ -11,26 +15,14 @@ import subprocess
 import sys
 import zipfile
 
-# Keras 3 reads its backend once, on import.
-os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
+import h5py
+import numpy as np
+import pytest
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from hpr import config as config_lib  # noqa: E402
-from hpr.errors import UserError  # noqa: E402
-from hpr.keras import importer as import_keras  # noqa: E402
-from tests.test_import_keras import (  # noqa: E402
-  ARCHS,
-  _tiny_keras_model,
-  build,
-  convlstm_avgpool,
-  save,
-)
-
-tf_keras = pytest.importorskip('tf_keras')
-pytest.importorskip('keras', minversion='3')
+from hpr import config as config_lib
+from hpr.errors import UserError
+from hpr.keras import importer as import_keras
+from tests.fixtures import make_keras_fixtures as fixtures
 
 # What the import bounds are, as hpr states them.
 GIB = 1 << 30
@@ -55,13 +47,12 @@ HOSTILE_NAME = (
 
 
 def test_a_file_name_holding_code_runs_nothing(
-  tmp_path, monkeypatch, capsys, absl_verbosity
+  tmp_path, keras_files, monkeypatch, capsys, absl_verbosity
 ):
   """The generated W/config.py holds the model's file name only as data:
   loading it as the printed command does runs nothing from the name."""
-  path = save(_tiny_keras_model(2), str(tmp_path), 2, 'h5')
   hostile = tmp_path / HOSTILE_NAME
-  os.rename(path, hostile)
+  shutil.copy(fixtures.model_file(keras_files, 2, 'tiny12', 'h5'), hostile)
   workdir = tmp_path / 'work \' é \\ "x'
   names = [f'class{i}' for i in range(12)]
   monkeypatch.chdir(tmp_path)
@@ -146,12 +137,22 @@ def test_config_file_holds_names_as_data(tmp_path, monkeypatch, workdir):
 
 
 @pytest.fixture(scope='module')
-def originals(tmp_path_factory):
-  """A small tf_keras ConvLSTM saved as .h5 and as .keras."""
-  directory = str(tmp_path_factory.mktemp('originals'))
-  tf_keras.backend.clear_session()  # Layer names as in a fresh process.
-  model = build(2, convlstm_avgpool, ARCHS['convlstm_avgpool'][1])
-  return {fmt: save(model, directory, 2, fmt) for fmt in ('h5', 'keras')}
+def keras_files(tmp_path_factory):
+  """The folder of the committed Keras model files (extracted, checked)."""
+  return fixtures.extract(tmp_path_factory.mktemp('keras_fixtures'))
+
+
+@pytest.fixture(scope='module')
+def originals(keras_files):
+  """A small tf_keras ConvLSTM (convlstm_avgpool, saved in a fresh
+  process) as .h5 and as .keras."""
+  paths = {
+    fmt: fixtures.model_file(keras_files, 2, 'convlstm_avgpool', fmt)
+    for fmt in ('h5', 'keras')
+  }
+  for path in paths.values():
+    assert import_keras.read(path).name == 'convlstm'
+  return paths
 
 
 def _dense_kernel(f: h5py.File, fmt: str) -> str:
