@@ -96,9 +96,12 @@ def max_pool(x: Array, window: Sequence[int], padding: str) -> Array:
       (0, 0),
     )
     x = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + pads, constant_values=-jnp.inf)
+  batch = x.shape[:-3]
   x = x[..., : out_h * ph, : out_w * pw, :]
-  x = x.reshape(x.shape[:-3] + (out_h, ph, out_w, pw, channels))
-  return jnp.max(x, axis=(-4, -2))
+  # Leading axes as one: the windows are then 6-D, the most TFLite's
+  # XNNPACK delegate takes (exported models, see hpr.tools.export).
+  x = x.reshape((-1, out_h, ph, out_w, pw, channels))
+  return jnp.max(x, axis=(2, 4)).reshape(batch + (out_h, out_w, channels))
 
 
 def hard_sigmoid(x: Array) -> Array:
