@@ -8,7 +8,16 @@ test a checkpoint with several temporal views and write the report.
   predictions.npz  what the metrics were computed from: clip logits, labels
                    and video index; video logits, labels and ids;
   confusion.png    the confusion matrix;
+  reliability.png  the reliability diagram (report['calibration']);
   events.out.*     the same numbers and image for TensorBoard.
+and WORKDIR/calibration.json, the temperature fitted on the validation split
+(hpr.calibration).
+
+Besides the normal test, the report holds two probes of the same test clips:
+`order_probe`, the accuracy with each clip's frames time-reversed and
+shuffled (how much the model uses frame order), and `calibration`, the
+expected calibration error, NLL and reliability bins of its confidences,
+before and after the temperature.
 """
 
 import json
@@ -19,9 +28,10 @@ import re
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from clu import metric_writers
 
-from hpr import input_pipeline, metrics, parallel
+from hpr import calibration, input_pipeline, metrics, parallel
 from hpr import workdir as workdir_lib
 
 
@@ -35,6 +45,7 @@ def predict_clips(
   *,
   num_views: int = 1,
   num_crops: int = 1,
+  frame_order: str = 'normal',
 ) -> dict[str, np.ndarray]:
   """Logits of every clip of `split`: `num_views` x `num_crops` per
   example.
@@ -48,16 +59,27 @@ def predict_clips(
     mesh: the device mesh.
     num_views: temporal views per example.
     num_crops: spatial views (1 or 3) per temporal view.
+    frame_order: 'normal', or the order probe's 'reversed' (each clip's
+      frames last to first) or 'shuffled' (each clip's frames in a random
+      order, the same for every run with `config.seed`).
 
   Returns:
     {'logits': float32 (M, K), 'labels': int32 (M,), 'index': int32 (M,)}
     with M = N * num_views * num_crops, padding removed; `index` is the example's
     position in `split`.
   """
+  if frame_order not in FRAME_ORDERS:
+    raise ValueError(f'frame_order {frame_order!r}: one of {FRAME_ORDERS}')
   out = {'logits': [], 'labels': [], 'index': []}
-  for batch in input_pipeline.eval_batches(
-    config, builder, split, num_views=num_views, num_crops=num_crops
+  for number, batch in enumerate(
+    input_pipeline.eval_batches(
+      config, builder, split, num_views=num_views, num_crops=num_crops
+    )
   ):
+    if frame_order != 'normal':
+      batch['video'] = _reorder_frames(
+        batch['video'], frame_order, config, number
+      )
     batch = parallel.shard_batch(
       {k: batch[k] for k in input_pipeline.EVAL_KEYS}, mesh
     )
@@ -66,6 +88,25 @@ def predict_clips(
     out['labels'].append(parallel.gather(batch['label'])[mask])
     out['index'].append(parallel.gather(batch['index'])[mask])
   return {k: np.concatenate(v) for k, v in out.items()}
+
+
+FRAME_ORDERS = ('normal', 'reversed', 'shuffled')
+
+
+def _reorder_frames(
+  video: np.ndarray, frame_order: str, config, number: int
+) -> np.ndarray:
+  """`video` (b, T, S, S, 3), this process's rows of global batch `number`,
+  with its frames reversed or shuffled (one permutation per clip, drawn for
+  the whole global batch from (config.seed, number), so the clips get the
+  same order whatever the number of processes)."""
+  if frame_order == 'reversed':
+    return video[:, ::-1]
+  start, stop = parallel.process_rows(config.eval.batch_size)
+  rng = np.random.default_rng([config.seed, number])
+  frames = np.tile(np.arange(video.shape[1]), (config.eval.batch_size, 1))
+  order = rng.permuted(frames, axis=1)[start:stop]
+  return video[np.arange(len(video))[:, None], order]
 
 
 def predict_split(
@@ -180,8 +221,27 @@ def test_and_report(
     clips['logits'], clips['labels'], clips['index']
   )
   scores = metrics.classification_metrics(logits, labels, k)
+  # Every process runs the probes' passes: they are collective.
+  probe = order_probe(
+    eval_fn,
+    state,
+    config,
+    builder,
+    split,
+    mesh,
+    info.class_names,
+    scores,
+    num_views=views,
+    num_crops=crops,
+  )
+  fit = fit_temperature(eval_fn, state, config, builder, mesh)
   if not parallel.is_main_process():
     return scores
+  calib = calibration_report(clips, fit['temperature'], fit)
+  workdir_lib.write_atomic(
+    os.path.join(workdir, calibration.CALIBRATION_FILE),
+    json.dumps(_json_safe(fit), indent=2) + '\n',
+  )
   out_dir = os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   ids = np.asarray(video_ids(builder, split))[index]
@@ -206,6 +266,9 @@ def test_and_report(
     'protocol': {
       'dataset': config.dataset.name,
       'dataset_config': dataset_config or None,
+      # Split scheme, fold, test groups, seed, quarantined count, data
+      # fingerprints, validation size (hpr.input_pipeline.data_protocol).
+      **input_pipeline.data_protocol(config, builder),
       'split': split,
       'num_videos': len(index),
       'num_clips': len(clips['index']),
@@ -216,21 +279,167 @@ def test_and_report(
       'frame_stride': config.input.frame_stride,
       'image_size': config.input.image_size,
       'normalization': config.input.normalization,
+      'modality': config.input.modality,
       'model': config.model.name,
       'checkpoint_step': int(step),
       'commit': workdir_lib.source_commit(),
       'jax': jax.__version__,
     },
+    'order_probe': probe,
+    'calibration': calib,
     'class_names': list(info.class_names),
     'predictions': 'predictions.npz',
   }
   with open(os.path.join(out_dir, 'report.json'), 'w') as f:
     f.write(_dumps(_json_safe(report)) + '\n')
-  _write_summaries(out_dir, step, scores, clip_scores, info.class_names)
+  _write_summaries(out_dir, step, scores, clip_scores, info.class_names, report)
+  _log_summary(probe, calib)
   return scores
 
 
-def _write_summaries(out_dir, step, scores, clip_scores, class_names) -> None:
+def order_probe(
+  eval_fn,
+  state,
+  config: ml_collections.ConfigDict,
+  builder,
+  split: str,
+  mesh,
+  class_names,
+  normal: dict,
+  *,
+  num_views: int = 1,
+  num_crops: int = 1,
+) -> dict:
+  """How much the model uses frame order: the video-level accuracy of
+  `split` with each clip's frames reversed and shuffled.
+
+  Two more passes over `split`, with the views of the normal test, so the
+  numbers compare with `normal`. A bag-of-frames model (SingleFrame) loses
+  nothing; a model of motion loses most on classes that are each other's
+  time reversal (synthetic_actions' SitDown/StandUp).
+
+  Args:
+    eval_fn, state, config, builder, split, mesh: as for `predict_clips`.
+    class_names: the K class names.
+    normal: `metrics.classification_metrics` of the normal test.
+    num_views, num_crops: the test's views.
+
+  Returns:
+    {'normal': {...}, 'reversed': {...}, 'shuffled': {...}, 'shuffle_seed'}:
+    each order's `accuracy` and `per_class_accuracy`; the probes also have
+    their `drop` and `per_class_drop` (normal minus probe).
+  """
+
+  def named(values):
+    return dict(zip(class_names, values, strict=True))
+
+  out = {
+    'normal': {
+      'accuracy': normal['accuracy'],
+      'per_class_accuracy': named(normal['per_class']),
+    }
+  }
+  for order in FRAME_ORDERS[1:]:
+    clips = predict_clips(
+      eval_fn,
+      state,
+      config,
+      builder,
+      split,
+      mesh,
+      num_views=num_views,
+      num_crops=num_crops,
+      frame_order=order,
+    )
+    logits, labels, _ = video_level(
+      clips['logits'], clips['labels'], clips['index']
+    )
+    scores = metrics.classification_metrics(logits, labels, len(class_names))
+    out[order] = {
+      'accuracy': scores['accuracy'],
+      'drop': normal['accuracy'] - scores['accuracy'],
+      'per_class_accuracy': named(scores['per_class']),
+      'per_class_drop': named(
+        (np.asarray(normal['per_class']) - scores['per_class']).tolist()
+      ),
+    }
+  out['shuffle_seed'] = int(config.seed)
+  return out
+
+
+def fit_temperature(
+  eval_fn, state, config: ml_collections.ConfigDict, builder, mesh
+) -> dict:
+  """Fits the softmax temperature on the validation split (one clip per
+  video), the record of WORKDIR/calibration.json
+  (`calibration.calibration_summary`, plus the split's name)."""
+  split = config.dataset.eval_split
+  logits, labels = predict_split(eval_fn, state, config, builder, split, mesh)
+  fit = calibration.calibration_summary(
+    logits, labels, calibration.fit_temperature(logits, labels)
+  )
+  return {**fit, 'split': split}
+
+
+def _columns(bins: list[dict]) -> dict:
+  """Reliability bins as one list per field (one JSON line each)."""
+  return {k: [b[k] for b in bins] for k in ('count', 'confidence', 'accuracy')}
+
+
+def calibration_report(
+  clips: dict[str, np.ndarray], temperature: float, fit: dict
+) -> dict:
+  """ECE, NLL and reliability bins of the test videos' confidences (the
+  mean softmax of their clips), as they are and with each clip's logits
+  divided by `temperature` (as `hpr.tools.predict --calibrated` does)."""
+
+  def scores(logits):
+    probs, labels, _ = video_level(logits, clips['labels'], clips['index'])
+    probs = np.exp(probs)  # video_level gives log(mean softmax).
+    return {
+      'ece': calibration.ece(probs, labels),
+      'nll': calibration.nll_from_probs(probs, labels),
+      'reliability': _columns(calibration.reliability_bins(probs, labels)),
+    }
+
+  return {
+    'num_bins': calibration.NUM_BINS,
+    'binning': 'equal-width bins of the top-class probability, per video',
+    **scores(clips['logits']),
+    'temperature': float(temperature),
+    'temperature_fit': {k: fit[k] for k in ('split', 'count')},
+    'calibrated': scores(clips['logits'] / temperature),
+  }
+
+
+def _log_summary(probe: dict, calib: dict) -> None:
+  logging.info(
+    'order probe (test accuracy): normal %.4f, reversed %.4f (drop %+.4f), '
+    'shuffled %.4f (drop %+.4f)',
+    probe['normal']['accuracy'],
+    probe['reversed']['accuracy'],
+    probe['reversed']['drop'],
+    probe['shuffled']['accuracy'],
+    probe['shuffled']['drop'],
+  )
+  fit = calib['temperature_fit']
+  logging.info(
+    'calibration (test, %d-bin ECE): ECE %.4f NLL %.4f; temperature %.3f '
+    '(fitted on %s, %d videos): ECE %.4f NLL %.4f',
+    calib['num_bins'],
+    calib['ece'],
+    calib['nll'],
+    calib['temperature'],
+    fit['split'],
+    fit['count'],
+    calib['calibrated']['ece'],
+    calib['calibrated']['nll'],
+  )
+
+
+def _write_summaries(
+  out_dir, step, scores, clip_scores, class_names, report
+) -> None:
   from hpr import (
     figures,
   )  # Late: matplotlib loads only when a report is written.
@@ -244,6 +453,10 @@ def _write_summaries(out_dir, step, scores, clip_scores, class_names) -> None:
       'test/mean_class_accuracy': scores['mean_class_accuracy'],
       'test/loss': scores['loss'],
       'test/clip_accuracy': clip_scores['accuracy'],
+      'test/reversed_accuracy': report['order_probe']['reversed']['accuracy'],
+      'test/shuffled_accuracy': report['order_probe']['shuffled']['accuracy'],
+      'test/ece': report['calibration']['ece'],
+      'test/calibrated_ece': report['calibration']['calibrated']['ece'],
     },
   )
   title = f'test, checkpoint {step}'
@@ -255,6 +468,9 @@ def _write_summaries(out_dir, step, scores, clip_scores, class_names) -> None:
   )
   image = figures.figure_to_array(
     figures.confusion_figure(scores['confusion'], class_names, title)
+  )
+  figures.plot_reliability(
+    report['calibration'], os.path.join(out_dir, 'reliability.png'), title
   )
   writer.write_images(step, {'test/confusion': image[None]})
   writer.close()
