@@ -110,5 +110,23 @@ def test_report_has_calibration(trained_workdir):
   assert fit['nll_after'] <= fit['nll_before']
   assert 0 <= fit['ece_after'] <= 1
 
-  with open(os.path.join(workdir, 'eval', 'reliability.png'), 'rb') as f:
-    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  _check_reliability_png(os.path.join(workdir, 'eval', 'reliability.png'))
+
+
+def _check_reliability_png(path):
+  from PIL import Image
+
+  from hpr import figures
+
+  image = Image.open(path)
+  assert image.format == 'PNG' and image.size == figures.RELIABILITY_SIZE
+  assert np.asarray(image.convert('L')).std() > 10  # Something is drawn.
+
+
+def test_plots_draw_the_reliability_diagram(trained_workdir, tmp_path):
+  from hpr.tools import plots
+
+  paths = plots.plot_workdir(trained_workdir[1], out_dir=str(tmp_path))
+  path = str(tmp_path / 'reliability.png')
+  assert path in paths
+  _check_reliability_png(path)

@@ -31,6 +31,9 @@ def _check_workdir_plots(directory):
     os.path.join(directory, 'confusion.png'), figures.confusion_size(12)
   )
   _check_png(os.path.join(directory, 'gallery.png'), plots.gallery_size(12))
+  _check_png(
+    os.path.join(directory, 'reliability.png'), figures.RELIABILITY_SIZE
+  )
 
 
 def test_plot_workdir_draws_every_figure(trained_workdir, tmp_path):
@@ -83,7 +86,7 @@ def _cli(*args):
 def test_cli_workdir_and_dataset(trained_workdir, data_dir, tmp_path):
   run = _cli(f'--workdir={trained_workdir[1]}', f'--out={tmp_path / "w"}')
   assert run.returncode == 0, run.stderr
-  assert len(run.stdout.split()) == 4
+  assert len(run.stdout.split()) == 5  # reliability.png since issue 26.
   _check_workdir_plots(tmp_path / 'w')
 
   run = _cli(

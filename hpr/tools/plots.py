@@ -1,8 +1,10 @@
 r"""The notebook's figures, as PNG files: training curves, the confusion
-matrix of the test split and a gallery of labelled first frames.
+matrix and reliability diagram of the test split and a gallery of labelled
+first frames.
 
   python -m hpr.tools.plots --workdir W        # -> W/plots/{loss,accuracy,
-                                         #    confusion,gallery}.png
+                                         #    confusion,reliability,
+                                         #    gallery}.png
   python -m hpr.tools.plots --dataset synthetic_actions/default --out DIR
                                          # -> DIR/gallery.png
 
@@ -30,6 +32,7 @@ from hpr.errors import UserError  # noqa: E402
 from hpr.figures import (  # noqa: E402
   figure,
   plot_confusion,
+  plot_reliability,
   save,
 )
 
@@ -155,7 +158,8 @@ def plot_workdir(
 ) -> list[str]:
   """Every figure a workdir has the data for; returns the paths written.
 
-  Curves need metrics.jsonl, the confusion matrix eval/report.json, the
+  Curves need metrics.jsonl, the confusion matrix eval/report.json (and
+  the reliability diagram a report with its calibration), the
   gallery a dataset: `builder` (and `split`) if given, else the training
   split of the workdir's config.json.
   """
@@ -181,6 +185,14 @@ def plot_workdir(
         f'{protocol["checkpoint_step"]}',
       )
     )
+    if 'calibration' in report:  # Reports before issue 26 have none.
+      paths.append(
+        plot_reliability(
+          report['calibration'],
+          os.path.join(out_dir, 'reliability.png'),
+          f'{protocol["split"]}, step {protocol["checkpoint_step"]}',
+        )
+      )
   config_path = os.path.join(workdir, 'config.json')
   if builder is None and os.path.exists(config_path):
     with open(config_path) as f:
