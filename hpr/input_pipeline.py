@@ -197,6 +197,88 @@ def describe_flips(
   )
 
 
+def split_size(
+  config: ml_collections.ConfigDict,
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+) -> dict:
+  """{'split', 'clips', 'groups'}: a split's examples and the sorted groups
+  (actors and scenes, UCF's gGG) they come from, where the dataset records
+  them (video_folder's metadata, synthetic_actions' split_groups; None
+  elsewhere or for a sliced split such as 'train[:80%]')."""
+  clips = builder.info.splits[split].num_examples
+  groups = None
+  recorded = (builder.info.metadata or {}).get('split_groups')
+  if recorded is not None:
+    groups = recorded.get(split)
+  elif builder.name == 'synthetic_actions':
+    from hpr.datasets import synthetic_actions
+
+    num_groups = builder.builder_config.num_groups
+    groups = synthetic_actions.split_groups(num_groups).get(split)
+  if groups is not None:
+    groups = sorted(int(g) for g in groups if int(g) > 0) or None
+  return {'split': split, 'clips': int(clips), 'groups': groups}
+
+
+def data_protocol(
+  config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
+) -> dict:
+  """What tells two runs' data apart, for the evaluation report's
+  protocol: the split scheme, fold, split number and test groups, the seed,
+  the validation split's size, the quarantined count and fingerprints of
+  the prepared data.
+
+  'data_fingerprint' is, for a video folder, a sha256 of the stored videos
+  (video_id, label, group, JPEG bytes, frames), the same for every fold of
+  one decoded folder, with 'split_fingerprint' of the (split, video_id)
+  assignment; for other datasets a sha256 of the builder's name, config,
+  version and split sizes.
+  """
+  import hashlib
+  import json
+
+  d = config.dataset
+  metadata = builder.info.metadata or {}
+  out = {
+    'split_scheme': 'dataset',  # The dataset's own splits.
+    'fold': None,
+    'split_number': None,
+    'test_groups': split_size(config, builder, d.test_split)['groups'],
+    'seed': int(config.seed),
+    'validation': split_size(config, builder, d.eval_split),
+    'num_quarantined': metadata.get('num_quarantined'),
+    'data_fingerprint': metadata.get('fingerprint'),
+    'split_fingerprint': metadata.get('split_fingerprint'),
+  }
+  if d.name == 'video_folder':
+    vf = d.video_folder
+    out['split_scheme'] = vf.split
+    if vf.split == 'groups' and not vf.test_groups:
+      out['fold'] = int(vf.fold)
+    if vf.split == 'official':
+      out['split_number'] = int(vf.split_number)
+    if vf.split in ('stratified', 'random_clips'):
+      out['split_seed'] = int(vf.seed)
+  elif builder.name == 'synthetic_actions':
+    out['split_scheme'] = 'groups'
+  if out['data_fingerprint'] is None:
+    text = json.dumps(
+      {
+        'name': builder.name,
+        'config': builder.builder_config.name if builder.builder_config else '',
+        'version': str(builder.version),
+        'splits': {
+          name: [info.num_examples, info.num_bytes]
+          for name, info in sorted(builder.info.splits.items())
+        },
+      },
+      sort_keys=True,
+    )
+    out['data_fingerprint'] = hashlib.sha256(text.encode()).hexdigest()[:16]
+  return out
+
+
 def preprocess_ops(
   config: ml_collections.ConfigDict,
   *,

@@ -279,6 +279,15 @@ def _schema() -> ml_collections.ConfigDict:
   # 'val_loss' (lower is better; the notebook) or 'val_accuracy'.
   t.monitor = rule('val_accuracy', one_of('val_loss', 'val_accuracy'))
   t.patience = rule(8, non_negative)
+  # Early stopping and the best checkpoint compare the mean of `monitor` over
+  # the last monitor_smoothing epochs (1: each epoch's own value, the
+  # notebook's). On a validation split of a few dozen clips one epoch's
+  # accuracy is mostly noise; 3-5 epochs keep a lucky epoch from stopping
+  # the run or winning the best checkpoint.
+  t.monitor_smoothing = rule(1, positive)
+  # A validation split with fewer clips logs a warning that says what to do
+  # (more validation groups, or smoothing); 0 turns it off.
+  t.min_val_clips = rule(100, non_negative)
   # Train loss/accuracy and steps/s to the writers.
   t.log_every_steps = rule(50, positive)
   # Extra checkpoints inside an epoch; 0 is off.

@@ -90,26 +90,51 @@ def _write_config(config, workdir, info) -> None:
 
 class _EarlyStopping:
   """The notebook's EarlyStopping: stop after `patience` epochs without
-  improvement of `monitor`; remember the best step."""
+  improvement of `monitor`; remember the best step.
 
-  def __init__(self, monitor: str, patience: int, saved: dict | None = None):
-    self.monitor, self.patience = monitor, patience
+  With `smoothing` w > 1 the value compared is the mean of the last w
+  epochs' values (fewer in the first epochs), so that one lucky epoch on a
+  small validation split neither wins the best checkpoint nor starts the
+  patience count; the best step is the last epoch of the best window.
+  """
+
+  def __init__(
+    self,
+    monitor: str,
+    patience: int,
+    saved: dict | None = None,
+    smoothing: int = 1,
+  ):
+    self.monitor, self.patience, self.smoothing = monitor, patience, smoothing
     self.sign = 1.0 if monitor == 'val_loss' else -1.0
     saved = saved or {}
     self.best = saved.get('best', math.inf)
     self.best_step = saved.get('best_step')
     self.wait = saved.get('wait', 0)
+    self.history = list(saved.get('history', []))
+
+  def smoothed(self, value: float) -> float:
+    """The monitored value with this epoch's `value`, as compared."""
+    window = [*self.history, value][-self.smoothing :]
+    return sum(window) / len(window)
 
   def update(self, value: float, step: int) -> bool:
     """Records an epoch's value; returns True when training should stop."""
-    if self.sign * value < self.best:
-      self.best, self.best_step, self.wait = self.sign * value, step, 0
+    current = self.smoothed(value)
+    self.history = [*self.history, value][-self.smoothing :]
+    if self.sign * current < self.best:
+      self.best, self.best_step, self.wait = self.sign * current, step, 0
     else:
       self.wait += 1
     return self.patience > 0 and self.wait >= self.patience
 
   def state(self) -> dict:
-    return {'best': self.best, 'best_step': self.best_step, 'wait': self.wait}
+    return {
+      'best': self.best,
+      'best_step': self.best_step,
+      'wait': self.wait,
+      'history': list(self.history),
+    }
 
 
 # A run that fails before writing anything leaves no empty workdir behind.
@@ -214,6 +239,7 @@ def _start(config, workdir, mesh, stop: '_StopSignals') -> _Run:
     'training: %s',
     input_pipeline.describe_flips(config, info.class_names, builder),
   )
+  check_validation_size(config, builder)
   ts = create_train_state(config, info.num_classes, mesh, steps_per_epoch)
   parameter_overview.log_parameter_overview(
     nnx.to_pure_dict(ts.state['model']), msg=f'{config.model.name} parameters'
@@ -250,7 +276,9 @@ def _start(config, workdir, mesh, stop: '_StopSignals') -> _Run:
     ts=ts,
     ckpts=ckpts,
     logger=logger,
-    stopper=_EarlyStopping(t.monitor, t.patience, meta['early_stopping']),
+    stopper=_EarlyStopping(
+      t.monitor, t.patience, meta['early_stopping'], t.monitor_smoothing
+    ),
     meta=meta,
     train_fn=jit_train_step(
       ts, mesh, seed=config.seed, label_smoothing=t.label_smoothing
@@ -326,6 +354,9 @@ def _end_epoch(run: _Run, epoch: int, step: int, seconds: float) -> None:
     'epoch_seconds': seconds,
   }
   run.logger.write(step, scores)
+  # The checkpoints' best slot ranks by what early stopping compares.
+  ranked = {k: scores[k] for k in ('val_loss', 'val_accuracy')}
+  ranked[t.monitor] = run.stopper.smoothed(scores[t.monitor])
   early = run.stopper.update(scores[t.monitor], step)
   run.meta = {
     'epoch': epoch + 1,
@@ -337,7 +368,7 @@ def _end_epoch(run: _Run, epoch: int, step: int, seconds: float) -> None:
     step,
     ts.checkpoint_tree(),
     run.meta,
-    metrics={k: scores[k] for k in ('val_loss', 'val_accuracy')},
+    metrics=ranked,
   )
   logging.info('saved checkpoint at step %d', step)
   logging.info(
@@ -390,6 +421,45 @@ def _test_best(run: _Run, step: int) -> dict:
     test['loss'],
   )
   return test
+
+
+def check_validation_size(config: ml_collections.ConfigDict, builder) -> dict:
+  """Logs the validation split's size; warns, in one line that says what
+  to do, when it has fewer than training.min_val_clips clips.
+
+  Returns:
+    `input_pipeline.split_size` of the validation split.
+  """
+  t = config.training
+  size = input_pipeline.split_size(config, builder, config.dataset.eval_split)
+  groups = size['groups']
+  where = f'{size["clips"]} clips' + (
+    f' from {len(groups)} groups' if groups is not None else ''
+  )
+  logging.info(
+    'validation (%s): %s; early stopping on %s%s',
+    size['split'],
+    where,
+    t.monitor,
+    f' averaged over {t.monitor_smoothing} epochs'
+    if t.monitor_smoothing > 1
+    else '',
+  )
+  if size['clips'] < t.min_val_clips:
+    more = (
+      'raise dataset.video_folder.val_groups, '
+      if config.dataset.name == 'video_folder'
+      else ''
+    )
+    logging.warning(
+      'validation has only %s (< training.min_val_clips %d): early stopping '
+      'and the best checkpoint follow noise; %sset '
+      'training.monitor_smoothing (e.g. 5) or training.patience=0',
+      where,
+      t.min_val_clips,
+      more,
+    )
+  return size
 
 
 def _check_finite(loss: float, step: int, ckpts: checkpoint.Checkpoints):
