@@ -284,6 +284,7 @@ def test_cli_writes_a_workdir(tmp_path, keras_files, capsys, absl_verbosity):
   assert 'already holds a run' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_imported_workdir_evaluates_and_fine_tunes(
   data_dir, tmp_path, keras_files, caplog, absl_verbosity
 ):
