@@ -208,7 +208,7 @@ def test_cli_fails_with_one_line(tmp_path, keras_files):
   path = str(tmp_path / 'model.h5')
   shutil.copy(keras_files / 'unsupported' / 'batch_norm.h5', path)
   result = subprocess.run(
-    [sys.executable, '-m', 'hpr.keras.importer', path, '--class-names', 'a,b']
+    [sys.executable, '-m', 'hpr.keras.importer', path, '--class_names', 'a,b']
     + ['--workdir', str(tmp_path / 'w')],
     capture_output=True,
     text=True,
@@ -236,7 +236,7 @@ def test_cli_bad_arguments(capsys):
     import_keras.main(['model.h5', '--workdir', 'w'])
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and '--class-names' in err[0]
+  assert len(err) == 1 and '--class_names' in err[0]
 
 
 def test_class_names_must_match_the_outputs(tmp_path, keras_files):
@@ -259,7 +259,7 @@ def test_cli_writes_a_workdir(tmp_path, keras_files, capsys, absl_verbosity):
   workdir = str(tmp_path / 'workdir')
   names = [f'class{i}' for i in range(12)]
   import_keras.main(
-    [path, '--class-names', ','.join(names), '--workdir', workdir]
+    [path, '--class_names', ','.join(names), '--workdir', workdir]
     + ['--dataset', 'synthetic_actions/tiny']
   )
   assert 'imported convlstm (12 classes' in capsys.readouterr().out
@@ -278,7 +278,7 @@ def test_cli_writes_a_workdir(tmp_path, keras_files, capsys, absl_verbosity):
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['0']
   with pytest.raises(SystemExit) as e:  # Never over an existing run.
     import_keras.main(
-      [path, '--class-names', ','.join(names)] + ['--workdir', workdir]
+      [path, '--class_names', ','.join(names)] + ['--workdir', workdir]
     )
   assert e.value.code == 1
   assert 'already holds a run' in capsys.readouterr().err

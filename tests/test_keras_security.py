@@ -57,7 +57,7 @@ def test_a_file_name_holding_code_runs_nothing(
   names = [f'class{i}' for i in range(12)]
   monkeypatch.chdir(tmp_path)
   import_keras.main(
-    [str(hostile), '--class-names', ','.join(names)]
+    [str(hostile), '--class_names', ','.join(names)]
     + ['--workdir', str(workdir), '--dataset', 'synthetic_actions/tiny']
   )
   out = capsys.readouterr().out
@@ -445,7 +445,7 @@ def test_a_4_tib_tensor_is_one_line_from_the_cli(
   )
   with pytest.raises(SystemExit) as e:
     import_keras.main(
-      [path, '--class-names', 'a,b,c', '--workdir', str(tmp_path / 'w')]
+      [path, '--class_names', 'a,b,c', '--workdir', str(tmp_path / 'w')]
     )
   assert e.value.code == 1
   err = capsys.readouterr().err.strip().splitlines()
@@ -628,7 +628,7 @@ def test_malformed_config_from_the_cli(
   path = _with_config(tmp_path, originals, 'keras', MALFORMED[case][0])
   with pytest.raises(SystemExit) as e:
     import_keras.main(
-      [path, '--class-names', 'a,b,c', '--workdir', str(tmp_path / 'w')]
+      [path, '--class_names', 'a,b,c', '--workdir', str(tmp_path / 'w')]
     )
   assert e.value.code == 1
   err = capsys.readouterr().err.strip().splitlines()

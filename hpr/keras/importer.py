@@ -342,7 +342,6 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('model', help='Keras .h5 or .keras file (whole model)')
   parser.add_argument(
     '--class_names',
-    '--class-names',  # TODO(lead): drop once the tests use --class_names.
     required=True,
     help='comma-separated class names, in the order of the model outputs',
   )
@@ -356,7 +355,6 @@ def main(argv: list[str] | None = None) -> None:
   )
   parser.add_argument(
     '--num_frames',
-    '--num-frames',
     type=int,
     help='clip length, only for models that leave it open',
   )
