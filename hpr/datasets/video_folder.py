@@ -9,11 +9,18 @@ info's metadata), never fatal.
 Splits are stored, not derived at load time: the train, validation and test
 splits are TFDS splits of the prepared data, so split sizes, the even
 per-process sharding, split slicing ('train[:10%]') and file shuffling work
-as for any TFDS dataset. The price is that a split-only change (another
-fold) prepares again. Each combination of preparation and split parameters
-is its own builder config, named by the folder and a hash of the parameters
-(`config_from`), so a changed root, class subset, short side or split
-prepares into a new directory and an unchanged one starts at once.
+as for any TFDS dataset. Each combination of preparation and split
+parameters is its own builder config, named by the folder and a hash of the
+parameters (`config_from`), so a changed root, class subset, short side or
+split prepares into a new directory and an unchanged one starts at once.
+
+Decoding is done once per folder and decoding parameters, whatever the
+split: every decoded video is kept in the decoded copy,
+DATA_DIR/video_folder_decoded/<folder>_<hash of root, classes, short_side,
+max_frames, min_frames, short_video>/ (`decoded_dir`), and a split-only
+change (another fold, split number or test groups) writes its splits from
+there without decoding a video again (only the JPEG bytes are copied). An
+interrupted preparation also keeps what it decoded.
 """
 
 import dataclasses
@@ -127,6 +134,97 @@ def _digest_files(folder: str) -> str:
   return digest.hexdigest()[:16]
 
 
+# The parameters that decide a video's decoded frames (the decoded copy's
+# key); the split parameters are not among them.
+DECODE_PARAMS = (
+  'root',
+  'classes',
+  'short_side',
+  'max_frames',
+  'min_frames',
+  'short_video',
+)
+_DECODED = {'decoded': 0, 'reused': 0}  # This process's counts.
+
+
+def decode_counts() -> dict[str, int]:
+  """Videos this process has decoded, and taken from a decoded copy
+  instead, in all preparations so far."""
+  return dict(_DECODED)
+
+
+def decoded_dir(data_dir_root: str, config: VideoFolderConfig) -> str:
+  """The decoded copy of `config`'s folder under a TFDS data_dir."""
+  params = {k: getattr(config, k) for k in DECODE_PARAMS}
+  params['classes'] = list(params['classes'])
+  text = json.dumps(params, sort_keys=True)
+  digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+  slug = re.sub(r'[^a-z0-9]+', '_', os.path.basename(config.root).lower())
+  name = f'{slug.strip("_") or "videos"}_{digest}'
+  return os.path.join(os.fspath(data_dir_root), 'video_folder_decoded', name)
+
+
+class _DecodedCopy:
+  """Decoded videos on disk, one `encode_video` result per source file:
+  <key>.json (all but the frames, and their sizes) and <key>.jpg (the JPEG
+  frames end to end). The key is the file's path, size and modification
+  time, so an edited video decodes again."""
+
+  def __init__(self, path: str):
+    self.path = path
+    os.makedirs(path, exist_ok=True)
+
+  def _key(self, source: str) -> str:
+    st = os.stat(source)
+    text = f'{os.path.abspath(source)}\0{st.st_size}\0{st.st_mtime_ns}'
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+  def load(self, source: str) -> dict | None:
+    try:
+      base = os.path.join(self.path, self._key(source))
+      with open(base + '.json') as f:
+        result = json.load(f)
+      sizes = result.pop('frame_sizes', None)
+      if sizes is not None:
+        with open(base + '.jpg', 'rb') as f:
+          data = f.read()
+        if len(data) != sum(sizes):
+          return None
+        ends = np.cumsum([0, *sizes])
+        result['frames'] = [
+          data[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)
+        ]
+    except (OSError, ValueError):
+      return None
+    result['path'] = source
+    return result
+
+  def store(self, result: dict) -> None:
+    try:
+      base = os.path.join(self.path, self._key(result['path']))
+    except OSError:
+      return  # The source is gone; nothing to key it by.
+    meta = {k: v for k, v in result.items() if k not in ('frames', 'path')}
+    if 'frames' in result:
+      meta['frame_sizes'] = [len(f) for f in result['frames']]
+      _write(base + '.jpg', b''.join(result['frames']))
+    # The JSON last: its presence says the entry is whole.
+    _write(base + '.json', json.dumps(meta).encode())
+
+
+def _write(path: str, data: bytes) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def fingerprint(rows) -> str:
+  """sha256 (16 hex digits) of the sorted rows (tuples of str and int)."""
+  text = json.dumps(sorted(list(map(list, rows))))
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class VideoFolder(tfds.core.GeneratorBasedBuilder):
   """Videos in class folders, prepared with PyAV (no download)."""
 
@@ -194,6 +292,11 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
       allow_leaky_split=c.allow_leaky_split,
     )
     self._run = _Preparation(c, names, videos, skipped, notes, len(splits))
+    self._run.decoded = _DecodedCopy(decoded_dir(self.data_dir_root, c))
+    self._run.split_groups = {
+      name: sorted({v.group for v in split_videos})
+      for name, split_videos in splits.items()
+    }
     return {
       name: self._generate_examples(name, split_videos)
       for name, split_videos in splits.items()
@@ -208,6 +311,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         video = by_path[result['path']]
         example = run.record(video, result)
         if example is not None:
+          run.assigned.append((split, video.relpath))
           count += 1
           yield video.relpath, example
     finally:
@@ -240,11 +344,34 @@ class _Preparation:
     self.short, self.dropped = [], []
     self.used = dict.fromkeys(names, 0)
     self.num_splits, self.done = num_splits, 0
+    self.split_groups = {}
+    self.decoded = None  # The _DecodedCopy, if any.
+    self.decoded_now = self.reused = 0
+    self.rows = []  # (video_id, label, group, bytes, frames) stored.
+    self.assigned = []  # (split, video_id) stored.
     self._pool = None
 
   def encode(self, split: str, paths: list[str]):
-    """Yields `video_files.encode_video` results, from worker processes,
-    in the order they finish."""
+    """Yields `video_files.encode_video` results: first those the decoded
+    copy holds, then the others from worker processes, in the order they
+    finish (each kept in the decoded copy)."""
+    todo = []
+    for path in paths:
+      result = self.decoded.load(path) if self.decoded else None
+      if result is None:
+        todo.append(path)
+      else:
+        _DECODED['reused'] += 1
+        self.reused += 1
+        yield result
+    for result in self._decode(split, todo):
+      _DECODED['decoded'] += 1
+      self.decoded_now += 1
+      if self.decoded:
+        self.decoded.store(result)
+      yield result
+
+  def _decode(self, split: str, paths: list[str]):
     tasks = [(p, self.options) for p in paths]
     bar = tqdm.tqdm(total=len(tasks), desc=f'decoding {split}', unit='video')
     if self.workers == 1:
@@ -276,6 +403,15 @@ class _Preparation:
     if status == 'short':
       self.short.append(video.path)
     self.used[video.class_name] += 1
+    self.rows.append(
+      (
+        video.relpath,
+        video.label,
+        video.group,
+        sum(len(f) for f in result['frames']),
+        len(result['frames']),
+      )
+    )
     return {
       # Already JPEG: TFDS stores file objects' bytes as they are.
       'video': [io.BytesIO(f) for f in result['frames']],
@@ -311,10 +447,26 @@ class _Preparation:
         'num_unused': self.notes['unused'],
         'shared_groups': self.notes['shared_groups'],
         'num_shared_pairs': self.notes['shared_pairs'],
+        # Split -> the groups its videos come from (0: no group in the name).
+        'split_groups': self.split_groups,
+        # Of the stored videos (video_id, label, group, JPEG bytes, frames):
+        # the same for every split of the same decoded folder.
+        'fingerprint': fingerprint(self.rows),
+        # Of the split assignment (split, video_id).
+        'split_fingerprint': fingerprint(self.assigned),
+        'decoded_dir': self.decoded.path if self.decoded else '',
+        'num_decoded': self.decoded_now,
+        'num_reused': self.reused,
       }
     )
     for q in self.quarantine:
       logging.warning('quarantined %s: %s', q['path'], q['reason'])
+    logging.info(
+      'video_folder: decoded %d videos, %d taken from the decoded copy %s',
+      self.decoded_now,
+      self.reused,
+      self.decoded.path if self.decoded else '(none)',
+    )
     logging.info(
       'video_folder: %d videos used, %d quarantined (quarantine.json), '
       '%d shorter than %d frames (%s), %d not in the split files',
