@@ -355,6 +355,7 @@ def test_cli_errors_are_one_line(trained_workdir, videos, tmp_path):
   for args, code, message in (
     ([f'--workdir={empty}', videos['wave']], 1, 'no checkpoints in'),
     ([f'--workdir={empty}', '--top_k=x', videos['wave']], 2, 'top_k'),
+    ([f'--workdir={empty}', '--views=3', videos['wave']], 2, 'is not T,S'),
   ):
     run = subprocess.run(
       [sys.executable, '-m', 'hpr.tools.predict', *args],
@@ -454,3 +455,205 @@ def test_a_failed_prediction_leaves_no_empty_annotate_directory(
   with pytest.raises(UserError, match='no checkpoints in'):
     predict.main(['--workdir', str(empty), videos['wave'], f'--annotate={out}'])
   assert not (tmp_path / 'new').exists()
+
+
+def test_views_average_the_eval_pipelines_clips_and_crops(
+  trained_workdir, videos
+):
+  # --views 3,3: the softmax averaged over the test split's 3 temporal
+  # views x 3 crops, each made by the input pipeline's own ops (frames
+  # stored losslessly as PNG, as TFDS would hold them).
+  from hpr import input_pipeline, video_ops
+
+  predictor = predict.load_predictor(trained_workdir[1])
+  frames, _ = video_io.read_video(videos['squat'])
+  encoded = tf.stack([tf.io.encode_png(f) for f in frames])
+  ops = video_ops.compose(
+    input_pipeline.preprocess_ops(
+      predictor.config, training=False, num_views=3, num_crops=3
+    )
+  )
+  probs = []
+  for view in range(3):
+    for crop in range(3):
+      clip = ops({'video': encoded, 'view': view, 'crop': crop})['video']
+      probs.append(_softmax(predictor.module(clip.numpy()[None]))[0])
+  expected = np.mean(probs, axis=0)
+  result = predict.predict_video(
+    predictor, videos['squat'], views=(3, 3), top_k=3
+  )
+  assert result['views'] == {'clips': 3, 'crops': 3}
+  got = [result['probabilities'][n] for n in predictor.class_names]
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  assert (
+    result['top_k'][0]['class']
+    == predictor.class_names[int(np.argmax(expected))]
+  )
+  # By default, the workdir's test protocol.
+  predictor.config.eval.num_test_clips = 3
+  predictor.config.eval.num_test_crops = 3
+  default = predict.predict_video(predictor, videos['squat'], top_k=3)
+  assert default['views'] == {'clips': 3, 'crops': 3}
+  assert default['probabilities'] == result['probabilities']
+  with pytest.raises(UserError, match='spatial crops must be 1 or 3'):
+    predict.predict_video(predictor, videos['squat'], views=(1, 2))
+
+
+def _calibrated_workdir(trained_workdir, tmp_path, temperature):
+  workdir = _bad_workdir(trained_workdir, tmp_path, 12)
+  shutil.copy(os.path.join(trained_workdir[1], 'class_names.json'), workdir)
+  os.symlink(
+    os.path.join(trained_workdir[1], 'checkpoints'), workdir / 'checkpoints'
+  )
+  if temperature is not None:
+    with open(workdir / 'calibration.json', 'w') as f:
+      json.dump({'temperature': temperature}, f)
+  return str(workdir)
+
+
+def test_calibrated_divides_the_logits_by_the_temperature(
+  trained_workdir, videos, tmp_path
+):
+  workdir = _calibrated_workdir(trained_workdir, tmp_path, 2.0)
+  plain = predict.predict_video(
+    predict.load_predictor(workdir), videos['wave'], views=(1, 1)
+  )
+  assert (plain['calibrated'], plain['temperature']) == (False, None)
+  run = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'hpr.tools.predict',
+      f'--workdir={workdir}',
+      videos['wave'],
+      '--json',
+      '--calibrated',
+      '--views=1,1',
+      '--top_k=12',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+  )
+  assert run.returncode == 0, run.stderr
+  (got,) = json.loads(run.stdout)['videos']
+  assert (got['calibrated'], got['temperature']) == (True, 2.0)
+  assert got['views'] == {'clips': 1, 'crops': 1}
+  # softmax(z / 2) is proportional to softmax(z) ** 0.5.
+  p = np.array(list(plain['probabilities'].values())) ** 0.5
+  expected = dict(zip(plain['probabilities'], p / p.sum(), strict=True))
+  for top in got['top_k']:
+    assert top['confidence'] == pytest.approx(expected[top['class']], abs=1e-5)
+  # No calibration.json: one line that says to evaluate first.
+  bare = _calibrated_workdir(trained_workdir, tmp_path / 'bare', None)
+  with pytest.raises(UserError, match='no calibration.json; evaluate it'):
+    predict.main(['--workdir', bare, videos['wave'], '--calibrated'])
+
+
+def test_stateful_annotation_equals_the_window_after_each_reset(
+  trained_workdir, videos, tmp_path
+):
+  predictor = predict.load_predictor(trained_workdir[1])
+  window = predict.predict_video(
+    predictor, videos['wave'], annotate=str(tmp_path / 'w.mp4')
+  )
+  result = predict.predict_video(
+    predictor,
+    videos['wave'],
+    annotate=str(tmp_path / 's.mp4'),
+    stream='stateful',
+    reset_every=20,
+  )
+  assert result['stream'] == {
+    'mode': 'stateful', 'window': 6, 'reset_every': 20, 'smooth': 1
+  }  # fmt: skip
+  assert window['stream']['mode'] == 'window'
+  rows, exact = _timeline(result['timeline']), _timeline(window['timeline'])
+  assert (
+    len(rows) == 45
+    and video_io.read_video(result['annotated'])[0].shape[0] == 45
+  )
+  for r in rows:
+    frame, end = int(r['frame']), int(r['window_end'])
+    # Resets at 0, 20 and 40; the 5 frames after each later reset hold the
+    # last prediction before it.
+    reset = frame - frame % 20
+    expected = reset - 1 if reset and frame < reset + 5 else max(frame, 5)
+    assert end == expected, r
+    assert int(r['window_start']) == end - end % 20
+  # The first window after each reset is the sliding window's (logits
+  # within 1e-5: the same computation in another order).
+  for frame in (5, 25):
+    assert rows[frame]['label'] == exact[frame]['label']
+    assert float(rows[frame]['confidence']) == pytest.approx(
+      float(exact[frame]['confidence']), abs=1e-4
+    )
+  # The whole-video prediction does not depend on the stream mode.
+  assert result['top_k'] == window['top_k']
+
+
+def test_stream_flags_are_checked(trained_workdir, videos, tmp_path):
+  workdir = trained_workdir[1]
+  for args, message in (
+    (['--stream=stateful', '--stride=2'], '--stride and --frame_step are'),
+    (['--stream=stateful', '--reset_every=3'], 'at least the window'),
+    (['--views=2,2'], 'spatial crops must be 1 or 3'),
+    (['--smooth=0'], '--smooth must be at least 1'),
+  ):
+    with pytest.raises(UserError, match=message) as info:
+      predict.main(
+        [
+          '--workdir',
+          workdir,
+          videos['wave'],
+          f'--annotate={tmp_path / "out"}',
+          *args,
+        ]
+      )
+    assert '\n' not in str(info.value)
+
+
+@pytest.mark.parametrize('modality', ['diff', 'rgb+diff'])
+def test_predict_respects_the_input_modality(
+  data_dir, videos, tmp_path, modality
+):
+  # The model's input is the modality of each window (and of the whole
+  # clip), as the input pipeline's TensorFlow op makes it.
+  from hpr import video_ops
+
+  config = tiny_config(data_dir, 'lrcn')
+  config.input.modality = modality
+  model = build_model(config, 12)
+  model.eval()
+  predictor = predict.make_predictor(
+    config, list(synthetic_render.CLASS_NAMES), 0, model
+  )
+  result = predict.predict_video(
+    predictor, videos['squat'], annotate=str(tmp_path / 'm.mp4'), stride=3
+  )
+  frames, _ = video_io.read_video(videos['squat'])
+  x = _normalize(_preprocess(frames, config.input.image_size), 'centered')
+  op = video_ops.modality(modality)
+
+  def probs(clip):
+    clip = op({'video': tf.constant(clip)})['video'].numpy()
+    return _softmax(model(clip[None]))[0]
+
+  idx = predictor.clip_indices(len(frames))
+  whole = [result['probabilities'][n] for n in predictor.class_names]
+  np.testing.assert_allclose(whole, probs(x[idx]), atol=1e-5)
+  rows = _timeline(result['timeline'])
+  for r in rows[5::3]:
+    end = int(r['window_end'])
+    assert int(r['frame']) == end
+    p = probs(x[end - 5 : end + 1])
+    assert r['label'] == predictor.class_names[int(np.argmax(p))]
+    assert float(r['confidence']) == pytest.approx(p.max(), abs=1e-4)
+  with pytest.raises(UserError, match='takes differences in a window'):
+    predict.predict_video(
+      predictor,
+      videos['squat'],
+      annotate=str(tmp_path / 's.mp4'),
+      stream='stateful',
+    )

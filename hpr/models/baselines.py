@@ -68,3 +68,25 @@ class SingleFrame(nnx.Module):
     # x: (B, T, H, W, C) -> per-frame logits: (B, T, K) -> (B, K)
     logits = self.dense(self.encoder(x.astype(self.dtype)))
     return layers.log_mean_softmax(logits.astype(jnp.float32), axis=1)
+
+  # Streaming (hpr.tools.streaming): frames are classified alone, so a
+  # window is a mean of per-frame predictions and there is no state.
+
+  def encode_frames(self, frames: Array) -> Array:
+    # frames: (..., H, W, C) -> per-frame log-probabilities: (..., K)
+    logits = self.dense(self.encoder(frames.astype(self.dtype)))
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+  def classify_encoded(self, log_probs: Array) -> Array:
+    # log_probs: (B, T, K) -> log(mean softmax): (B, K)
+    return jax.nn.logsumexp(log_probs, axis=1) - jnp.log(log_probs.shape[1])
+
+  def initial_state(self, log_probs: Array) -> tuple:
+    del log_probs
+    return ()
+
+  def stream_step(self, state, log_probs: Array):
+    return state, log_probs
+
+  def stream_readout(self, log_probs: Array) -> Array:
+    return self.classify_encoded(log_probs)

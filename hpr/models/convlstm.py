@@ -225,13 +225,16 @@ class ConvLSTMClassifier(nnx.Module):
         x = jnp.swapaxes(self.dropouts[i](jnp.swapaxes(x, 0, 1)), 0, 1)
     return self._head(jnp.swapaxes(x, 0, 1))
 
-  def input_projection(self, x: Array) -> Array:
+  # Streaming (hpr.tools.streaming): the per-frame part, the rest of a
+  # window, and the ConvLSTM stack one frame at a time.
+
+  def encode_frames(self, x: Array) -> Array:
     """The first layer's input convolution, (..., H, W, C) -> (..., H', W',
     4F): the only part that sees each frame on its own."""
     return self.convlstms[0].cell.project_inputs(x.astype(self.dtype))
 
-  def from_input_projection(self, gates_x: Array) -> Array:
-    """Logits (B, num_classes) from `input_projection` of a clip."""
+  def classify_encoded(self, gates_x: Array) -> Array:
+    """Logits (B, num_classes) from `encode_frames` of a clip."""
     x = recurrent.run_lstm_projected(self.convlstms[0].cell, gates_x)
     for i, convlstm in enumerate(self.convlstms):
       x = x if i == 0 else convlstm(x)
@@ -239,6 +242,43 @@ class ConvLSTMClassifier(nnx.Module):
       if i < len(self.dropouts):
         x = self.dropouts[i](x)
     return self._head(x)
+
+  def initial_state(self, gates_x: Array) -> list[tuple[Array, Array]]:
+    """Zero (c, h) of every layer for `encode_frames` of one frame, (B, H',
+    W', 4F)."""
+    b, height, width = gates_x.shape[:3]
+    state = []
+    for i, convlstm in enumerate(self.convlstms):
+      cell = convlstm.cell
+      if i:
+        height, width = cell.output_spatial_shape(height, width)
+      zeros = jnp.zeros((b, height, width, cell.features), gates_x.dtype)
+      state.append((zeros, zeros))
+      height, width = (
+        -(-height // self.pool_size[0]),
+        -(-width // self.pool_size[1]),
+      )
+    return state
+
+  def stream_step(self, state, gates_x: Array):
+    """One frame through the stack: (state, (B, H', W', 4F)) -> (state',
+    the last layer's pooled output (B, H'', W'', C)), the time step of
+    `classify_encoded`."""
+    new_state = []
+    x = gates_x
+    for i, convlstm in enumerate(self.convlstms):
+      cell = convlstm.cell
+      carry, x = cell.step(state[i], x if i == 0 else cell.project_inputs(x))
+      new_state.append(carry)
+      x = layers.max_pool(x, self.pool_size, 'same')
+      if i < len(self.dropouts):
+        x = self.dropouts[i](x)
+    return new_state, x
+
+  def stream_readout(self, outputs: Array) -> Array:
+    """Logits (B, num_classes) from a window's `stream_step` outputs,
+    (B, T, H'', W'', C)."""
+    return self._head(outputs)
 
   def _head(self, x: Array) -> Array:
     # x: (B, T, H, W, C) -> (B, num_classes)

@@ -122,9 +122,39 @@ class LRCN(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     # x: (B, T, H, W, C) -> features: (B, T, D) -> logits: (B, num_classes)
-    logits = self.dense(self.lstm(self.encoder(x.astype(self.dtype))))
+    return self.classify_encoded(self.encode_frames(x))
+
+  # Streaming (hpr.tools.streaming): the per-frame part, the rest of a
+  # window, and the recurrence one frame at a time.
+
+  def encode_frames(self, frames: jax.Array) -> jax.Array:
+    # frames: (..., H, W, C) -> features: (..., D), each frame on its own.
+    return self.encoder(frames.astype(self.dtype))
+
+  def classify_encoded(self, features: jax.Array) -> jax.Array:
+    # features: (B, T, D) -> logits: (B, num_classes)
+    logits = self.dense(self.lstm(features))
     logits = logits.astype(jnp.float32)  # Softmax and loss in float32.
     if self.readout == 'mean':
       # logits: (B, T, num_classes) -> (B, num_classes)
       logits = layers.log_mean_softmax(logits, axis=1)
     return logits
+
+  def initial_state(self, features: jax.Array):
+    # features: (B, D) of one frame -> zero LSTM carry (c, h): (B, F) each.
+    cell = self.lstm.cell
+    zeros = jnp.zeros(features.shape[:-1] + (cell.features,), features.dtype)
+    return zeros, zeros
+
+  def stream_step(self, state, features: jax.Array):
+    # (c, h), features: (B, D) of the next frame -> (c', h'), step logits:
+    # (B, num_classes). The LSTM step of `classify_encoded`.
+    cell = self.lstm.cell
+    state, h = cell.step(state, cell.project_inputs(features))
+    return state, self.dense(h).astype(jnp.float32)
+
+  def stream_readout(self, step_logits: jax.Array) -> jax.Array:
+    # step_logits: (B, T, num_classes) of a window's frames -> (B, K)
+    if self.readout == 'mean':
+      return layers.log_mean_softmax(step_logits, axis=1)
+    return step_logits[:, -1]
