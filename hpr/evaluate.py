@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from hpr import calibration, input_pipeline, metrics, parallel
+from hpr import calibration, input_pipeline, metrics, parallel, video_ops
 from hpr import workdir as workdir_lib
 
 
@@ -99,14 +99,17 @@ def _reorder_frames(
   """`video` (b, T, S, S, 3), this process's rows of global batch `number`,
   with its frames reversed or shuffled (one permutation per clip, drawn for
   the whole global batch from (config.seed, number), so the clips get the
-  same order whatever the number of processes)."""
+  same order whatever the number of processes). Model inputs of another
+  input.modality than 'rgb' are those of the reordered frames
+  (`video_ops.reorder_frames`)."""
   if frame_order == 'reversed':
-    return video[:, ::-1]
-  start, stop = parallel.process_rows(config.eval.batch_size)
-  rng = np.random.default_rng([config.seed, number])
-  frames = np.tile(np.arange(video.shape[1]), (config.eval.batch_size, 1))
-  order = rng.permuted(frames, axis=1)[start:stop]
-  return video[np.arange(len(video))[:, None], order]
+    order = np.tile(np.arange(video.shape[1])[::-1], (len(video), 1))
+  else:
+    start, stop = parallel.process_rows(config.eval.batch_size)
+    rng = np.random.default_rng([config.seed, number])
+    frames = np.tile(np.arange(video.shape[1]), (config.eval.batch_size, 1))
+    order = rng.permuted(frames, axis=1)[start:stop]
+  return video_ops.reorder_frames(video, order, config.input.modality)
 
 
 def predict_split(

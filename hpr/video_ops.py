@@ -392,6 +392,26 @@ def to_modality(frames: np.ndarray, modality: str) -> np.ndarray:
   return np.concatenate([frames, diff], axis=-1)
 
 
+def reorder_frames(
+  inputs: np.ndarray, order: np.ndarray, modality: str
+) -> np.ndarray:
+  """Model inputs (B, T, H, W, C), `to_modality`'s, of clips whose frames
+  are put in `order` (B, T): as if the frames had been reordered before
+  `to_modality` (evaluation's frame-order probe). Reordering 'diff' inputs
+  themselves would not give the differences of the reordered frames; they
+  are recovered, up to each clip's first frame (which differences do not
+  see), by a cumulative sum, and 'rgb+diff' from its rgb half.
+  """
+  rows = np.arange(len(inputs))[:, None]
+  if modality == 'rgb':
+    return inputs[rows, order]
+  if modality == 'diff':
+    frames = np.cumsum(inputs, axis=1)
+  else:
+    frames = inputs[..., : inputs.shape[-1] // 2]
+  return to_modality(frames[rows, order], modality)
+
+
 def modality(mode: str) -> Op:
   """The model's input from the normalized clip: `to_modality` in
   TensorFlow. 'video' float32 (T, H, W, 3) -> (T, H, W, 3 or 6)."""

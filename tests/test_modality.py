@@ -61,6 +61,23 @@ def test_diff_of_a_static_clip_is_zero():
   assert np.abs(video_ops.to_modality(moving, 'diff')).max() > 0.4
 
 
+@pytest.mark.parametrize('modality', MODALITIES)
+def test_reordering_model_inputs_is_reordering_frames(modality):
+  """The order probe reorders model inputs; for 'diff' that must be the
+  differences of the reordered frames, not reordered differences."""
+  clip = _clip(3)
+  order = np.stack([np.arange(5)[::-1], np.array([2, 0, 4, 1, 3])])
+  rows = np.arange(2)[:, None]
+  want = video_ops.to_modality(clip[rows, order], modality)
+  got = video_ops.reorder_frames(
+    video_ops.to_modality(clip, modality), order, modality
+  )
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  if modality == 'diff':  # Not the same as reordering the differences.
+    naive = video_ops.to_modality(clip, modality)[rows, order]
+    assert np.abs(naive - want).max() > 0.1
+
+
 def test_unknown_modality_is_refused():
   with pytest.raises(ValueError, match='unknown modality'):
     video_ops.to_modality(_clip(), 'flow')

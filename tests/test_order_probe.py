@@ -12,12 +12,15 @@ from hpr import evaluate
 
 
 class _Config:
-  """The two keys `_reorder_frames` reads."""
+  """The keys `_reorder_frames` reads."""
 
   seed = 3
 
   class eval:  # noqa: N801
     batch_size = 4
+
+  class input:  # noqa: N801
+    modality = 'rgb'
 
 
 def test_reorder_frames():
