@@ -130,7 +130,9 @@ def worker(args) -> dict:
   batch_size = args.batch_size
   config.training.batch_size = batch_size
   # The devices `python -m hpr.main` would run this config on.
-  parallel.configure_cpu_devices(config.cpu_devices, (batch_size, args.infer_batch))
+  parallel.configure_cpu_devices(
+    config.cpu_devices, (batch_size, args.infer_batch)
+  )
   cli.enable_compilation_cache(args.cache_dir)
   mesh = parallel.make_mesh()
   num_classes = args.num_classes

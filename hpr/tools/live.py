@@ -41,6 +41,7 @@ import numpy as np
 from hpr import video_io
 from hpr.errors import UserError
 from hpr.tools import annotate as annotate_lib
+from hpr.tools import predictor as predictor_lib
 
 # Frames classified together at most (what arrived since the last batch).
 CHUNK = 16
@@ -163,13 +164,13 @@ def predict_live(
   """Classifies `source`'s frames as they arrive; one JSON line per frame.
 
   Args:
-    predictor: from `hpr.tools.predict.load_predictor`.
+    predictor: from `hpr.tools.predictor.load_predictor`.
     source: see `open_source`.
     source_format: FFmpeg's input format name (v4l2, mpegts, ...); None:
       probed (v4l2 for /dev/video*).
     annotate: the annotated MP4 (its timeline beside it, .csv), or None.
     window, stride, frame_step, stream, reset_every, smooth: as in
-      `hpr.tools.predict.make_timeline`.
+      `hpr.tools.predictor.make_timeline`.
     queue_size: frames the queue holds.
     drop: 'oldest' or 'none' (module docstring).
     out: where the lines go (default sys.stdout).
@@ -181,8 +182,6 @@ def predict_live(
   Raises:
     UserError: the source cannot be opened or decoded.
   """
-  from hpr.tools import predict
-
   out = out or sys.stdout
   options = {
     'window': window,
@@ -192,7 +191,7 @@ def predict_live(
     'reset_every': reset_every,
     'smooth': smooth,
   }
-  timeline = predict.make_timeline(predictor, **options)
+  timeline = predictor_lib.make_timeline(predictor, **options)
   container = open_source(source, source_format)
   video = container.streams.video[0]
   _warm_up(predictor, options, video.codec_context)
@@ -314,11 +313,9 @@ def _warm_up(predictor, options: dict, codec) -> None:
   """Compiles the one-frame path (a live source is mostly one frame at a
   time) on blank frames of the source's size before reading starts, so
   the first frames' latency is not the compilation's."""
-  from hpr.tools import predict
-
   if not (codec.width and codec.height):
     return
-  timeline = predict.make_timeline(predictor, **options)
+  timeline = predictor_lib.make_timeline(predictor, **options)
   frame = np.zeros((1, codec.height, codec.width, 3), np.uint8)
   for _ in range(timeline.queue.span):
     timeline.push(predictor.model.encode(predictor.preprocess(frame)))
