@@ -3,7 +3,7 @@ split, same videos, model, seeds and budget.
 
   nice -n 10 python -m experiments.leak_study.run [--out /tmp/hpr/leak_study]
 
-1. Renders a small synthetic_actions config (8 groups x 3 clips x 12 classes
+1. Renders a small synthetic_actions config (8 groups x 4 clips x 12 classes
    = 384 clips, 24 frames of 64x64) and writes it out as a UCF-style folder
    of MPEG-4 .avi files (hpr.tools.export_synthetic.export_builder).
 2. For each seed and model, trains on that folder twice (dataset.name =
