@@ -8,7 +8,9 @@ annotation (sliding window of input.num_frames frames at strides 1 and 5;
 decode, resize, model, drawing and H.264 encoding of every frame). The
 models are the configs/default.py networks with random weights (the speed
 does not depend on the weights). Also prints each model's FLOPs per frame
-(XLA's cost analysis) for the per-frame and the per-window part.
+(XLA's cost analysis) for the per-frame and the per-window part, and the
+model's frames/s in the two stream modes, sliding window against stateful
+(`--streams_only` prints only that table).
 
 Prints a Markdown table for benchmarks/README.md.
 """
@@ -30,8 +32,9 @@ from flax import nnx  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hpr import config as config_lib  # noqa: E402
+from hpr import video_io  # noqa: E402
 from hpr.datasets import synthetic_render  # noqa: E402
-from hpr.tools import predict, streaming, video_io  # noqa: E402
+from hpr.tools import predict, streaming  # noqa: E402
 from hpr.train_state import build_model  # noqa: E402
 
 SIZE = (320, 240)
@@ -68,10 +71,9 @@ def flops(predictor: predict.Predictor) -> tuple[float, float]:
   config = predictor.config.input
   graphdef, state = nnx.split(model)
   size, t = config.image_size, config.num_frames
-  if config.normalization in predict.PER_FRAME_NORMALIZATIONS:
-    encode, classify, _ = streaming._SPLITS[type(model)]
-  else:  # Windows are centred: the whole model runs on every window.
-    encode, classify = streaming._identity_encode, streaming._centered_classify
+  center = config.normalization not in predict.PER_FRAME_NORMALIZATIONS
+  # Centred windows: the whole model runs on every window.
+  encode, classify = streaming.split(model, center)
 
   def cost(fn, x):
     jitted = jax.jit(lambda s, x: fn(nnx.merge(graphdef, s), x))
@@ -86,6 +88,121 @@ def flops(predictor: predict.Predictor) -> tuple[float, float]:
   windows = np.zeros((16, t) + cache.shape[1:], np.float32)
   per_window = cost(classify, windows) / 16
   return per_frame, per_window
+
+
+def stream_speed(repeats: int, num_frames: int = 320) -> list[tuple]:
+  """Frames/s of the model alone in both stream modes (hpr.tools.streaming;
+  no decoding, resizing or drawing): normalized 64x64 frames through a
+  `streaming.Timeline`, the sliding window at stride 1 against the stateful
+  stream (no reset), for windows of 10 and 20 frames; pushed 16 frames at
+  a time (a file) and one at a time (live input)."""
+  rows = []
+  frames = np.random.default_rng(0).uniform(-1, 1, (num_frames, 64, 64, 3))
+  frames = frames.astype(np.float32)
+  for name in ('lrcn', 'convlstm'):
+    for window in (10, 20):
+      config = config_lib.default_config()
+      config.model.name = name
+      config.input.num_frames = window
+      model = build_model(config, len(synthetic_render.CLASS_NAMES))
+      model.eval()
+      stream = streaming.streaming_model(model)
+      for mode in streaming.STREAM_MODES:
+        speeds = []
+        for chunk, n in ((predict.CHUNK, num_frames), (1, num_frames // 4)):
+
+          def run(chunk=chunk, n=n, mode=mode, stream=stream, window=window):
+            timeline = streaming.Timeline(stream, window, mode=mode)
+            for i in range(0, n, chunk):
+              timeline.push(stream.encode(frames[i : i + chunk]))
+
+          speeds.append(n / timed(run, repeats))
+        rows.append((name, window, mode, *speeds))
+  return rows
+
+
+def print_stream_speed(rows: list[tuple]) -> None:
+  print('\n| model | window | stream | frames/s (16 at a time) | '
+        'frames/s (1 at a time) | ms per frame (1 at a time) |')  # fmt: skip
+  print('|---|---|---|---|---|---|')
+  for name, window, mode, chunked, single in rows:
+    print(
+      f'| {name} | {window} | {mode} | {chunked:.0f} | {single:.0f} | '
+      f'{1e3 / single:.2f} |'
+    )
+
+
+def export_speed(repeats: int, clips: int = 8) -> list[tuple]:
+  """Per-clip latency of the exported artifacts on this CPU
+  (hpr.tools.export), batch 1, for the default LRCN and ConvLSTM: the
+  StableHLO artifact called through `jax.export` and the TFLite model in
+  the interpreter (XNNPACK), beside JAX's own jit of the model's default
+  'auto' path (hpr's CPU kernels) and of the reference path that the
+  artifacts hold. Also the artifact's size and its
+  largest probability difference from JAX's reference path on `clips`
+  random clips."""
+  x = np.random.default_rng(0).uniform(-1, 1, (clips, 20, 64, 64, 3))
+  x = x.astype(np.float32)
+  rows = []
+  for name in ('lrcn', 'convlstm'):
+    for what, size, call, expected in _export_runtimes(name, x):
+      diff = max(
+        float(np.abs(call(c[None]) - e).max())
+        for c, e in zip(x, expected, strict=True)
+      )
+
+      def one_clip(call=call):
+        for clip in x:
+          call(clip[None])
+
+      ms = 1e3 * timed(one_clip, repeats) / clips
+      rows.append((name, what, size, ms, diff))
+  return rows
+
+
+def _export_runtimes(name: str, x: np.ndarray) -> list[tuple]:
+  """[(runtime, artifact bytes, clip -> probabilities, JAX reference
+  probabilities of x)] of the default `name` model."""
+  from hpr.tools import export
+
+  config = config_lib.default_config()
+  config.model.name = name
+  config.input.num_frames, config.input.image_size = x.shape[1:3]
+  num_classes = len(synthetic_render.CLASS_NAMES)
+  model = build_model(config, num_classes)
+  model.eval()
+  auto = nnx.jit(lambda m, v: jax.nn.softmax(m(v)))
+  classify = export.functions(
+    export.reference_model(model, config, num_classes), config
+  )[:1]
+  reference = jax.jit(lambda v: classify[0].fn(v)['probabilities'])
+  expected = reference(x)
+  blob = export.export_stablehlo(classify[0]).serialize()
+  shlo = jax.jit(jax.export.deserialize(blob).call)
+  tmp = tempfile.mkdtemp(prefix='hpr_export_bench_')
+  export.save_savedmodel(classify, os.path.join(tmp, 'sm'), ('cpu',))
+  flatbuffer = export.convert_tflite(os.path.join(tmp, 'sm'), classify)
+  shutil.rmtree(tmp)
+  tflite = export.tflite_runner(flatbuffer)
+  expected = np.asarray(expected)
+  return [
+    ('JAX jit (auto)', None, lambda v: np.asarray(auto(model, v)), expected),
+    ('JAX jit (reference)', None, lambda v: np.asarray(reference(v)),
+     expected),
+    ('StableHLO', len(blob),
+     lambda v: np.asarray(shlo(v)['probabilities']), expected),
+    ('TFLite', len(flatbuffer),
+     lambda v: tflite('classify', v)['probabilities'], expected),
+  ]  # fmt: skip
+
+
+def print_export_speed(rows: list[tuple]) -> None:
+  print('\n| model | runtime (CPU, batch 1) | artifact KiB | ms per clip | '
+        'max abs prob. diff from JAX reference |')  # fmt: skip
+  print('|---|---|---|---|---|')
+  for name, what, size, ms, diff in rows:
+    kib = '' if size is None else f'{size / 1024:.0f}'
+    print(f'| {name} | {what} | {kib} | {ms:.2f} | {diff:.1e} |')
 
 
 def cpu_name() -> str:
@@ -114,8 +231,32 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--seconds', type=float, default=20.0)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument(
+    '--exports_only',
+    action='store_true',
+    help='only the exported-artifact latency table (export_speed)',
+  )
+  parser.add_argument(
+    '--streams_only',
+    action='store_true',
+    help='only the window against stateful stream table (stream_speed)',
+  )
   args = parser.parse_args()
   load_before = os.getloadavg()[0]
+  if args.exports_only:
+    rows = export_speed(args.repeats)
+    print(f'{cpu_name()}, {os.cpu_count()} CPUs, jax {jax.__version__}; '
+          f'best of {args.repeats} after a warm-up; 1-min load average '
+          f'{load_before:.2f} before, {os.getloadavg()[0]:.2f} after')  # fmt: skip
+    print_export_speed(rows)
+    return
+  if args.streams_only:
+    rows = stream_speed(args.repeats)
+    print(f'{cpu_name()}, {os.cpu_count()} CPUs, jax {jax.__version__}; '
+          f'best of {args.repeats} after a warm-up; 1-min load average '
+          f'{load_before:.2f} before, {os.getloadavg()[0]:.2f} after')  # fmt: skip
+    print_stream_speed(rows)
+    return
   tmp = tempfile.mkdtemp(prefix='hpr_bench_')
   video = os.path.join(tmp, 'video.mp4')
   n = make_video(video, args.seconds)
@@ -158,6 +299,8 @@ def main() -> None:
   print('|---|---|---|')
   for name, per_frame, per_window in details:
     print(f'| {name} | {per_frame / 1e6:.2f} | {per_window / 1e6:.2f} |')
+  print_stream_speed(stream_speed(args.repeats))
+  print_export_speed(export_speed(args.repeats))
 
 
 if __name__ == '__main__':
