@@ -21,8 +21,10 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from hpr import parallel
 from hpr.errors import UserError
 
 # A damaged checkpoint is set aside under this suffix (never deleted), so
@@ -42,8 +44,6 @@ def _sync(name: str) -> None:
   """Waits for every process of a multi-process run (process 0 renames
   damaged checkpoints; the others must not read the old names after)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     multihost_utils.sync_global_devices(name)
 
 
@@ -290,8 +290,6 @@ class Checkpoints:
     Raises:
       DamagedCheckpoint: it cannot be read back.
     """
-    from hpr import parallel
-
     saved = self.saved_tree(step)
     device = parallel.restore_sharding()
     try:

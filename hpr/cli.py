@@ -10,6 +10,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from absl import logging
+
 from hpr.errors import ConfigError, UserError
 
 
@@ -36,6 +38,7 @@ class ArgumentParser(argparse.ArgumentParser):
 def tensorflow_on_cpu():
   """Imports TensorFlow with the GPUs hidden from it (otherwise it reserves
   their memory, which JAX needs; the tools use TF only for image ops)."""
+  # Late: keeps TensorFlow out of every tool's start-up.
   import tensorflow as tf
 
   try:
@@ -50,6 +53,7 @@ def enable_compilation_cache(path: str) -> None:
   off), so a second run of the same config skips XLA compilation."""
   if not path:
     return
+  # Late: keeps JAX out of `hpr.main --help`.
   import jax
 
   jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
@@ -72,8 +76,6 @@ def run(main: Callable[[], None]) -> None:
   deprecations) are hidden: the tools print their results on stdout and
   only real errors on stderr.
   """
-  from absl import logging
-
   logging.set_verbosity(logging.ERROR)
   try:
     main()

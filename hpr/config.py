@@ -148,6 +148,7 @@ def interval(low: float, high: float | None) -> Check:
 
 
 def model_name(key: str, name: str) -> None:
+  # Late: keeps JAX out of import hpr.config.
   from hpr import models
 
   if name not in models.MODELS:
@@ -157,6 +158,7 @@ def model_name(key: str, name: str) -> None:
 
 
 def dataset_name(key: str, name: str) -> None:
+  # Late: keeps TFDS out of import hpr.config.
   import tensorflow_datasets as tfds
 
   import hpr.datasets  # noqa: F401  (registers hpr's builders)
@@ -233,6 +235,7 @@ def _code_error(error: Exception, path: pathlib.Path) -> str:
 
 def default_config() -> ml_collections.ConfigDict:
   """Returns the schema's defaults (hpr/schema.py)."""
+  # Late: hpr.schema imports this module's rules (a cycle).
   from hpr import schema
 
   return schema.get_config()
@@ -280,6 +283,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   Raises:
     ConfigError: one line naming the key and the problem.
   """
+  # Late: hpr.schema imports this module's rules (a cycle).
   from hpr import schema
 
   defaults = dict(_leaves(default_config()))

@@ -28,11 +28,21 @@ import re
 import jax
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import logging
 from clu import metric_writers
 
-from hpr import calibration, input_pipeline, metrics, parallel, video_ops
+from hpr import (
+  calibration,
+  checkpoint,
+  input_pipeline,
+  metrics,
+  parallel,
+  train_state,
+  video_ops,
+)
 from hpr import workdir as workdir_lib
+from hpr.config import validate
 
 
 def predict_clips(
@@ -156,8 +166,6 @@ def video_level(
 
 def video_ids(builder, split: str) -> list[str]:
   """Each example's video id (its position where the dataset has none)."""
-  import tensorflow_datasets as tfds
-
   if 'video_id' not in builder.info.features:
     return [str(i) for i in range(builder.info.splits[split].num_examples)]
   ds = builder.as_dataset(
@@ -443,9 +451,8 @@ def _log_summary(probe: dict, calib: dict) -> None:
 def _write_summaries(
   out_dir, step, scores, clip_scores, class_names, report
 ) -> None:
-  from hpr import (
-    figures,
-  )  # Late: matplotlib loads only when a report is written.
+  # Late: matplotlib loads only when a report is written.
+  from hpr import figures
 
   writer = metric_writers.create_default_writer(out_dir)
   writer.write_scalars(
@@ -499,9 +506,6 @@ def evaluate(
     UserError: no checkpoints, an unknown step, or a checkpoint of another
       model or class count.
   """
-  from hpr import checkpoint, train_state
-  from hpr.config import validate
-
   if config is None:
     config = workdir_lib.load_config(workdir)
   mesh = parallel.make_mesh()

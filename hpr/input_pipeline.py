@@ -13,6 +13,8 @@ augmentation are those of a single-process run, whatever the process count.
 """
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -22,8 +24,12 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
+from jax.experimental import multihost_utils
 
+import hpr.datasets  # Registers hpr's builders with TFDS.
 from hpr import parallel, video_ops
+from hpr.datasets import synthetic_actions, video_files, video_folder
 from hpr.errors import UserError
 
 # Keys a batch carries to the devices; others stay on the host.
@@ -46,8 +52,6 @@ class DatasetInfo:
 
 
 def _is_hpr_builder(name: str) -> bool:
-  import hpr.datasets
-
   return name.split('/')[0].split(':')[0] in hpr.datasets.BUILDERS
 
 
@@ -61,12 +65,8 @@ def get_builder(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   Raises:
     UserError: the dataset is not prepared and hpr cannot prepare it.
   """
-  import hpr.datasets  # noqa: F401  (registers hpr's builders)
-
   data_dir = os.path.expanduser(dataset.data_dir) if dataset.data_dir else None
   if dataset.name == 'video_folder':
-    from hpr.datasets import video_files, video_folder
-
     if 'video_folder' not in dataset:
       raise UserError(
         'video_folder needs its dataset.video_folder settings: open it '
@@ -96,8 +96,6 @@ def get_builder(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     multihost_utils.sync_global_devices(name)
 
 
@@ -174,8 +172,6 @@ def describe_flips(
 ) -> str:
   """One line on what training's flips do, for the log; warns (absl) when
   input.random_flip is on but the dataset forbids flips."""
-  from absl import logging
-
   if not config.input.random_flip:
     return 'no horizontal flips (input.random_flip is off)'
   labels = flip_labels(config, class_names, builder)
@@ -212,8 +208,6 @@ def split_size(
   if recorded is not None:
     groups = recorded.get(split)
   elif builder.name == 'synthetic_actions':
-    from hpr.datasets import synthetic_actions
-
     num_groups = builder.builder_config.num_groups
     groups = synthetic_actions.split_groups(num_groups).get(split)
   if groups is not None:
@@ -235,9 +229,6 @@ def data_protocol(
   assignment; for other datasets a sha256 of the builder's name, config,
   version and split sizes.
   """
-  import hashlib
-  import json
-
   d = config.dataset
   metadata = builder.info.metadata or {}
   out = {

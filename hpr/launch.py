@@ -10,6 +10,7 @@ import re
 from absl import flags, logging
 
 from hpr import cli, malloc_tuning
+from hpr import config as config_lib
 from hpr.cli import fail
 from hpr.errors import ConfigError
 
@@ -75,8 +76,6 @@ def _check_config_file(argv: list[str]) -> None:
       fail(ConfigError(f'config file not found: {path}'))
     # Loaded once here too: a syntax error or an exception in get_config()
     # becomes one line naming the file and line, not a traceback.
-    from hpr import config as config_lib
-
     try:
       config_lib.load_config_file(path, argument or None)
     except ConfigError as e:
@@ -127,6 +126,7 @@ class QuietLibraries:
 
 
 def setup(config) -> None:
+  # Late: keeps TensorFlow and JAX out of `hpr.main --help`.
   import tensorflow as tf
 
   from hpr import parallel

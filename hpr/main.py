@@ -22,6 +22,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from hpr import launch, malloc_tuning  # noqa: E402
+from hpr import workdir as workdir_lib  # noqa: E402
 from hpr.cli import fail  # noqa: E402
 from hpr.errors import ConfigError, UserError  # noqa: E402
 
@@ -47,11 +48,11 @@ def main(argv: list[str]) -> None:
   if FLAGS.config is None and FLAGS.mode == 'train':
     fail(ConfigError('--config is required to train'))
   logging.get_absl_handler().addFilter(launch.QuietLibraries())
-  # Late imports: --help and flag errors answer without loading JAX or TF.
-  from hpr import evaluate, parallel, train, workdir
+  # Late: --help and flag errors answer without loading JAX or TF.
+  from hpr import evaluate, parallel, train
 
   try:
-    config = FLAGS.config or workdir.load_config(FLAGS.workdir)
+    config = FLAGS.config or workdir_lib.load_config(FLAGS.workdir)
     launch.setup(config)
     if FLAGS.mode == 'train':
       result = train.train_and_evaluate(config, FLAGS.workdir)
@@ -70,6 +71,7 @@ def main(argv: list[str]) -> None:
 def _plot(workdir: str) -> None:
   """The run's figures (hpr.tools.plots); a failure only logs a warning."""
   try:
+    # Late: matplotlib loads only once a run has finished.
     from hpr.tools import plots
 
     logging.info('plots: %s', ', '.join(plots.plot_workdir(workdir)))

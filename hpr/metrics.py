@@ -74,8 +74,8 @@ class MetricLogger:
   """
 
   def __init__(self, workdir: str, *, is_main: bool):
-    # Imported here: clu's writers import TensorFlow, which the train and
-    # eval steps (benchmarks/train_speed.py on a GPU image) do not need.
+    # Late: clu's writers import TensorFlow, which the train and eval
+    # steps (benchmarks/train_speed.py on a GPU image) do not need.
     from clu import metric_writers
 
     self.writer = metric_writers.create_default_writer(

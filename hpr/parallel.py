@@ -21,9 +21,22 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpr.errors import ConfigError, UserError
+
+# jax internals, for what its public API does not offer (both are loaded
+# with jax); if one moves in another jax version, only what uses it falls
+# back (an AttributeError on None, caught where it is used).
+try:
+  from jax._src import cloud_tpu_init
+except ImportError:
+  cloud_tpu_init = None
+try:
+  from jax._src import distributed as jax_distributed
+except ImportError:
+  jax_distributed = None
 
 DATA_AXIS = 'data'
 
@@ -66,8 +79,6 @@ def _on_cloud_tpu_vm() -> bool:
   # Set when jax is imported, from the PCI devices and libtpu (no network
   # call); jax's own TPU detection starts from it.
   try:
-    from jax._src import cloud_tpu_init
-
     return cloud_tpu_init.running_in_cloud_tpu_vm is True
   except (ImportError, AttributeError):
     return False
@@ -98,8 +109,6 @@ def _connect_errors_raise() -> Iterator[None]:
   while it runs; if jax's internals differ, the default behaviour stays.
   """
   try:
-    from jax._src import distributed as jax_distributed
-
     lib = jax_distributed._jax
     factory = lib.get_distributed_runtime_client
   except (ImportError, AttributeError):
@@ -132,8 +141,6 @@ def _check_process_counts(num_processes: int, timeout_s: int) -> None:
   process told another count would connect, then wait forever for devices
   that never come.
   """
-  from jax._src import distributed as jax_distributed
-
   client = jax_distributed.global_state.client
   pid = jax_distributed.global_state.process_id
   problem = None
@@ -314,8 +321,6 @@ def initialize(
         else ''
       )
     ) from None
-  from jax._src import distributed as jax_distributed
-
   count = jax_distributed.global_state.num_processes
   _check_process_counts(count, timeout_s)
   _exit_at_once_after_errors()
@@ -469,8 +474,6 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
 def gather(x: jax.Array) -> np.ndarray:
   """A (possibly multi-process) sharded array as one host NumPy array."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
 

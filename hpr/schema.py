@@ -32,6 +32,7 @@ from hpr.config import (
   rule,
   unwrap_rules,
 )
+from hpr.errors import ConfigError
 
 # input.modality -> channels of the model's input frames (hpr.video_ops
 # .to_modality makes them; hpr.train_state.build_model sizes the model).
@@ -54,8 +55,6 @@ def cross_checks(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: one line naming the keys.
   """
-  from hpr.errors import ConfigError
-
   v = config.dataset.video_folder
   if config.dataset.name != 'video_folder':
     return

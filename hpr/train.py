@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 from clu import parameter_overview, periodic_actions
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from hpr import (
   checkpoint,
@@ -519,8 +520,6 @@ class _StopSignals:
     got a signal (all of them then stop at the same step)."""
     if jax.process_count() == 1:
       return self.signum is not None
-    from jax.experimental import multihost_utils
-
     signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
     if self.signum is None and signums.max():
       self.signum = int(signums.max())

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from absl import logging
 
+from hpr.config import default_config, lists_to_tuples
 from hpr.errors import UserError
 
 if TYPE_CHECKING:  # Not at run time: `import hpr` stays light.
@@ -202,6 +203,8 @@ def load_trained_step(
   workdir: str, step: int | None = None
 ) -> tuple['nnx.Module', 'ml_collections.ConfigDict', list[str], int]:
   """`load_trained`, and the step whose checkpoint was restored."""
+  # Late: keeps JAX and orbax out of import hpr.workdir (and train_state
+  # imports this module, through hpr.metrics).
   from flax import nnx
 
   from hpr import checkpoint, train_state
@@ -259,8 +262,6 @@ def load_config(workdir: str) -> 'ml_collections.ConfigDict':
   Raises:
     UserError: the directory is not a training workdir.
   """
-  from hpr.config import default_config, lists_to_tuples
-
   path = os.path.join(workdir, 'config.json')
   if not os.path.isdir(workdir):
     raise UserError(f'no such workdir: {workdir}')
@@ -289,6 +290,7 @@ def choose_checkpoint(workdir: str, step: int | None):
   Raises:
     UserError: no checkpoints, or no checkpoint for `step`.
   """
+  # Late: keeps JAX and orbax out of import hpr.workdir.
   from hpr import checkpoint
 
   directory = os.path.join(workdir, 'checkpoints')
@@ -313,6 +315,7 @@ def choose_checkpoint(workdir: str, step: int | None):
 def _best_step(ckpts, steps: list[int]) -> int:
   """The best step recorded by the newest readable checkpoint (a damaged
   newest one is skipped here; restoring it reports the damage)."""
+  # Late: keeps JAX and orbax out of import hpr.workdir.
   from hpr import checkpoint
 
   for step in sorted(steps, reverse=True):

@@ -104,6 +104,70 @@ def test_no_import_cycle_at_module_level():
       visit(module, [module])
 
 
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+IMPORTS = (ast.Import, ast.ImportFrom)
+
+
+def _late_import_runs(tree: ast.Module) -> list[list[ast.stmt]]:
+  """The imports inside function bodies, in runs of adjacent import
+  statements of one statement list (blank lines between them allowed)."""
+  parents = {}
+  for node in ast.walk(tree):
+    for child in ast.iter_child_nodes(node):
+      parents[child] = node
+
+  def in_function(node) -> bool:
+    while node is not None:
+      if isinstance(node, FUNCTIONS):
+        return True
+      node = parents.get(node)
+    return False
+
+  runs = []
+  for node in ast.walk(tree):
+    if not in_function(node):
+      continue
+    for field in ('body', 'orelse', 'finalbody'):
+      statements = getattr(node, field, None)
+      if not isinstance(statements, list):
+        continue
+      run = []
+      for statement in [*statements, None]:
+        if isinstance(statement, IMPORTS):
+          run.append(statement)
+        elif run:
+          runs.append(run)
+          run = []
+  return runs
+
+
+def test_late_imports_say_why():
+  """An import inside a function (a late import) must save start-up time
+  or break a cycle, and say which: the comment directly above it (or above
+  the first of the adjacent imports it belongs to) starts with `# Late:`.
+  hpr/__init__.py is a lazy exporter (PEP 562) on purpose."""
+  offenders = []
+  for module, path in sorted(_modules().items()):
+    if module == 'hpr':
+      continue
+    with open(path) as f:
+      source = f.read()
+    lines = source.splitlines()
+    for run in _late_import_runs(ast.parse(source)):
+      # The comment lines directly above the run's first import.
+      above = top = run[0].lineno - 2
+      while top >= 0 and lines[top].strip().startswith('#'):
+        top -= 1
+      top += 1
+      if top > above or not lines[top].strip().startswith('# Late:'):
+        rel = os.path.relpath(path, ROOT)
+        offenders += [(rel, node.lineno) for node in run]
+  assert not offenders, (
+    'late imports without a `# Late:` comment saying why: '
+    + ', '.join(f'{rel}:{line}' for rel, line in sorted(offenders))
+  )
+
+
 def _installed_copy(tmp_path) -> str:
   """What `pip install .` puts in site-packages: hpr's .py and .so files."""
   site = tmp_path / 'site'

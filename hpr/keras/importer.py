@@ -30,8 +30,10 @@ import shlex
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import ml_collections  # noqa: E402
+from absl import logging  # noqa: E402
 
 from hpr import cli  # noqa: E402
+from hpr import config as config_lib  # noqa: E402
 from hpr.errors import UserError  # noqa: E402
 from hpr.keras import convert as keras_convert  # noqa: E402
 from hpr.keras import files as keras_format  # noqa: E402
@@ -58,6 +60,7 @@ def read(path: str, num_frames: int | None = None) -> keras_convert.Imported:
 def _abstract_model(imported: keras_convert.Imported, seed: int = 0):
   """The hpr model `imported` describes, built abstractly (shapes only), and
   its parameters' pure dict."""
+  # Late: keeps JAX out of the importer's --help.
   from flax import nnx
 
   from hpr import models
@@ -84,6 +87,7 @@ def _abstract_model(imported: keras_convert.Imported, seed: int = 0):
 
 def _check_declared_shapes(imported: keras_convert.Imported, expected) -> None:
   """Refuses arrays whose declared shape is not the architecture's."""
+  # Late: keeps JAX out of the importer's --help.
   import jax
 
   want = {
@@ -117,6 +121,7 @@ def load_module(path: str, num_frames: int | None = None, *, seed: int = 0):
     num_frames: clip length, for models that leave it open.
     seed: seeds the dropout streams (used only in train mode).
   """
+  # Late: keeps JAX out of the importer's --help.
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -159,8 +164,6 @@ def make_config(
     UserError: `base` asks for another input.modality than 'rgb' (a Keras
       model takes RGB frames).
   """
-  from hpr import config as config_lib
-
   modality = base.input.get('modality', 'rgb') if base is not None else 'rgb'
   if modality != 'rgb':
     raise UserError(
@@ -223,6 +226,7 @@ def import_model(
   ):
     raise UserError(f'{workdir} already holds a run; use a new --workdir')
   os.makedirs(workdir, exist_ok=True)
+  # Late: keeps JAX out of the importer's --help.
   from hpr import checkpoint, parallel, train_state
 
   mesh = parallel.make_mesh()
@@ -269,8 +273,6 @@ def config_file(
   hold quotes or newlines), so the file holds them only as `repr()` string
   literals, never in its docstring or comments.
   """
-  from hpr import config as config_lib
-
   default = dict(_leaves(config_lib.default_config()))
   config_py = os.path.join(workdir, 'config.py')
   command = (
@@ -359,14 +361,10 @@ def main(argv: list[str] | None = None) -> None:
     help='clip length, only for models that leave it open',
   )
   args = parser.parse_args(argv)
-  from absl import logging
-
   logging.set_verbosity(logging.WARNING)  # orbax logs every save.
   try:
     base = None
     if args.config:
-      from hpr import config as config_lib
-
       base = config_lib.load_config_file(args.config)
     names = [n.strip() for n in args.class_names.split(',') if n.strip()]
     config = import_model(

@@ -7,6 +7,7 @@ import os
 import tempfile
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from hpr import video_io
 from hpr.errors import UserError
@@ -40,8 +41,6 @@ def check_writable(directory: str, create: bool = False) -> None:
 
 @functools.cache
 def _font(size: int):
-  from PIL import ImageFont
-
   try:
     return ImageFont.load_default(size=size)
   except TypeError:  # Pillow without FreeType: the fixed bitmap font.
@@ -50,8 +49,6 @@ def _font(size: int):
 
 def draw_label(frame: np.ndarray, text: str, confidence: float) -> np.ndarray:
   """The frame with `text` on a dark box and a confidence bar, top left."""
-  from PIL import Image, ImageDraw
-
   image = Image.fromarray(frame)
   draw = ImageDraw.Draw(image)
   height, width = frame.shape[:2]

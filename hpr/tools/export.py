@@ -46,6 +46,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -53,7 +54,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 
 from hpr import cli  # noqa: E402
+from hpr import workdir as workdir_lib  # noqa: E402
 from hpr.errors import UserError  # noqa: E402
+from hpr.schema import MODALITY_CHANNELS  # noqa: E402
 
 FORMATS = ('stablehlo', 'savedmodel', 'tflite')
 # The outputs of 'classify' and 'head'.
@@ -72,6 +75,7 @@ LATENCY_REPEATS = 3
 def _supported_layers() -> tuple[type, ...]:
   """The module classes whose computation the exporter has checked to
   export to every format (containers and layers of hpr's models)."""
+  # Late: keeps JAX out of the exporter's --help.
   from flax import nnx
 
   from hpr import models
@@ -100,6 +104,7 @@ def check_layers(model) -> None:
     UserError: naming the first such layer (its path in the model) and its
       class.
   """
+  # Late: keeps JAX out of the exporter's --help.
   from flax import nnx
 
   supported = _supported_layers()
@@ -115,6 +120,7 @@ def check_layers(model) -> None:
 def reference_model(model, config, num_classes: int):
   """`model`'s weights in a model built with impl='reference', in eval
   mode: the path every platform can run, without hpr's CPU kernels."""
+  # Late: keeps JAX out of the exporter's --help.
   from flax import nnx
 
   from hpr import train_state
@@ -156,11 +162,11 @@ class Function:
 def functions(model, config) -> list[Function]:
   """The functions to export: 'classify', and for an LRCN 'encode' and
   'head' (its per-frame CNN and its LSTM + Dense)."""
+  # Late: keeps JAX out of the exporter's --help.
   import jax
   from flax import nnx
 
   from hpr import models
-  from hpr.schema import MODALITY_CHANNELS
 
   graphdef, state = nnx.split(model)
   t, s = config.input.num_frames, config.input.image_size
@@ -190,6 +196,7 @@ def functions(model, config) -> list[Function]:
 
 
 def _symbolic(shape) -> tuple:
+  # Late: keeps JAX out of the exporter's --help.
   import jax
 
   spec = ', '.join('b' if d is None else str(d) for d in shape)
@@ -207,6 +214,7 @@ def export_stablehlo(fn: Function, platforms=PLATFORMS):
     UserError: the function does not lower, or its module calls one of
       hpr's CPU kernels.
   """
+  # Late: keeps JAX out of the exporter's --help.
   import jax
   import jax.numpy as jnp
 
@@ -235,6 +243,7 @@ def _first_line(error: BaseException) -> str:
 
 def _tf_module(fns: list[Function], platforms):
   """A tf.Module with one tf.function per function (jax2tf)."""
+  # Late: keeps JAX out of the exporter's --help.
   from jax.experimental import jax2tf
 
   tf = cli.tensorflow_on_cpu()
@@ -294,6 +303,7 @@ def convert_tflite(savedmodel: str, fns: list[Function]) -> bytes:
 
 def stablehlo_runner(exported: dict) -> Callable:
   """Calls deserialized `jax.export.Exported` functions by name."""
+  # Late: keeps JAX out of the exporter's --help.
   import jax
 
   jitted = {name: jax.jit(e.call) for name, e in exported.items()}
@@ -322,8 +332,6 @@ def savedmodel_runner(path: str) -> Callable:
 def tflite_runner(flatbuffer: bytes) -> Callable:
   """Calls a TFLite model's signatures by function name (the default
   interpreter, XNNPACK delegate on)."""
-  import warnings
-
   tf = cli.tensorflow_on_cpu()
   with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation.
     warnings.simplefilter('ignore')
@@ -348,6 +356,7 @@ def test_clips(config, count: int) -> np.ndarray:
   Raises:
     UserError: the dataset cannot be read.
   """
+  # Late: keeps TensorFlow and JAX out of the exporter's --help.
   from hpr import input_pipeline
 
   builder = input_pipeline.get_builder(config.dataset)
@@ -411,8 +420,6 @@ def _check_out(out: str) -> str:
     UserError: it exists and is not an empty directory, or its parent
       cannot be written.
   """
-  from hpr import workdir as workdir_lib
-
   out = os.path.abspath(os.path.expanduser(out))
   if os.path.lexists(out):
     if not os.path.isdir(out):
@@ -449,9 +456,8 @@ def export(
     UserError: a bad workdir, step or --out; a layer the exporter cannot
       handle; a failed check.
   """
+  # Late: keeps JAX out of the exporter's --help.
   import jax
-
-  from hpr import workdir as workdir_lib
 
   if fmt not in FORMATS:
     raise UserError(f'unknown format {fmt!r}; valid: {", ".join(FORMATS)}')
@@ -535,6 +541,7 @@ def load_stablehlo(directory: str) -> dict:
   Raises:
     UserError: the directory holds no such file, or a damaged one.
   """
+  # Late: keeps JAX out of the exporter's --help.
   import jax
 
   out = {}
@@ -554,8 +561,6 @@ def load_stablehlo(directory: str) -> dict:
 
 
 def _manifest(fmt, files, fns, config, class_names, workdir, step, plats):
-  from hpr import workdir as workdir_lib
-
   i = config.input
   return {
     'format': fmt,

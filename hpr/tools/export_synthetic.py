@@ -18,7 +18,10 @@ that anyone can make a folder no one tuned on.
 import dataclasses
 import os
 
+import ml_collections
 import numpy as np
+import tqdm
+from PIL import Image
 
 from hpr import cli, video_io
 from hpr.errors import UserError
@@ -41,8 +44,7 @@ def export(
     seed: render the config with this seed instead of its own.
     **options: `export_builder`'s (width, height, codec, extension, limit).
   """
-  import ml_collections
-
+  # Late: keeps TensorFlow out of the tool's --help.
   from hpr import input_pipeline
 
   if not dataset.startswith('synthetic_actions'):
@@ -58,6 +60,7 @@ def export(
 
 def _seeded_builder(dataset: str, seed: int, data_dir: str):
   """The prepared builder of `dataset`'s config rendered with `seed`."""
+  # Late: keeps TensorFlow out of the tool's --help.
   import tensorflow_datasets as tfds
 
   from hpr.datasets import synthetic_actions
@@ -102,8 +105,8 @@ def export_builder(
     extension: the files' extension (picks the container), likewise.
     limit: write at most this many videos (0: all).
   """
+  # Late: keeps TensorFlow out of the tool's --help.
   import tensorflow_datasets as tfds
-  import tqdm
 
   names = builder.info.features['label'].names
   splits = builder.info.splits
@@ -136,8 +139,6 @@ def export_builder(
 
 
 def _resized(video: np.ndarray, width: int, height: int):
-  from PIL import Image
-
   for frame in video:
     if width and height and frame.shape[:2] != (height, width):
       frame = np.asarray(

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 
+import av
 import numpy as np
 
 from hpr import video_io
@@ -57,8 +58,6 @@ def open_source(source: str, source_format: str | None = None):
   Raises:
     UserError: it cannot be opened or has no video stream.
   """
-  import av
-
   if source_format is None and source.startswith('/dev/video'):
     source_format = 'v4l2'
   # FFmpeg's own pipe reader returns what has arrived; a Python file

@@ -25,9 +25,11 @@ import matplotlib  # noqa: E402
 matplotlib.use('Agg')  # Files only: no display needed, none opened.
 
 import matplotlib.ticker  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hpr import cli  # noqa: E402
+from hpr.config import lists_to_tuples  # noqa: E402
 from hpr.errors import UserError  # noqa: E402
 from hpr.figures import (  # noqa: E402
   figure,
@@ -112,9 +114,8 @@ def first_frames(
   Returns:
     [(class name, uint8 (H, W, 3))], in label order.
   """
+  # Late: keeps TFDS and TensorFlow out of the tool's --help.
   import tensorflow_datasets as tfds
-
-  from hpr import cli
 
   tf = cli.tensorflow_on_cpu()
   names = builder.info.features['label'].names
@@ -163,6 +164,7 @@ def plot_workdir(
   gallery a dataset: `builder` (and `split`) if given, else the training
   split of the workdir's config.json.
   """
+  # Late: keeps JAX and Flax (hpr.metrics') out of the tool's --help.
   from hpr import metrics
 
   out_dir = out_dir or os.path.join(workdir, 'plots')
@@ -209,10 +211,8 @@ def plot_workdir(
 
 
 def _builder(name: str, data_dir: str, video_folder: dict | None = None):
-  import ml_collections
-
+  # Late: keeps TensorFlow and JAX out of the tool's --help.
   from hpr import input_pipeline
-  from hpr.config import lists_to_tuples
 
   dataset = ml_collections.ConfigDict({'name': name, 'data_dir': data_dir})
   if video_folder is not None:

@@ -18,7 +18,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # noqa: E402
 
-from hpr import cli, video_io  # noqa: E402
+from hpr import calibration, cli, video_io  # noqa: E402
+from hpr import workdir as workdir_lib  # noqa: E402
 from hpr.errors import UserError  # noqa: E402
 from hpr.tools import annotate as annotate_lib  # noqa: E402
 from hpr.tools import streaming  # noqa: E402
@@ -50,6 +51,7 @@ class Predictor:
     square); 0, 1 or 2: the square at the start, middle or end of the long
     side (eval.num_test_crops = 3, `video_ops.center_crop`).
     """
+    # Late: keeps TensorFlow out of the predict tool's --help.
     from hpr import video_ops
 
     tf = cli.tensorflow_on_cpu()
@@ -74,6 +76,7 @@ class Predictor:
     """The frames of temporal view `view` of `num_views` of the
     whole-video clip (input.eval_sampling; view 0 of 1 is the single
     evaluation clip)."""
+    # Late: keeps TensorFlow out of the predict tool's --help.
     from hpr import video_ops
 
     i = self.config.input
@@ -114,8 +117,6 @@ def load_predictor(
     UserError: not a workdir, no checkpoints, a checkpoint that does not
       fit the config, or `calibrated` without a calibration.json.
   """
-  from hpr import workdir as workdir_lib
-
   temperature = _temperature(workdir) if calibrated else None
   model, config, class_names, step = workdir_lib.load_trained_step(
     workdir, step
@@ -126,8 +127,6 @@ def load_predictor(
 
 
 def _temperature(workdir: str) -> float:
-  from hpr import calibration
-
   temperature = calibration.load_temperature(workdir)
   if temperature is None:
     raise UserError(

@@ -205,6 +205,7 @@ def streaming_model(
   model.eval()
   on_host = modality != 'rgb'
   if on_host:
+    # Late: keeps TensorFlow out of the predict tool's --help.
     from hpr import video_ops
 
     video_ops.modality_channels(modality)  # Refuses an unknown one.

@@ -23,8 +23,13 @@ import os
 
 import ml_collections
 import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from hpr.errors import ConfigError
+from hpr import config as config_lib
+from hpr import launch  # Also defines the multi-process flags.
+from hpr.cli import fail
+from hpr.errors import ConfigError, UserError
 
 # Two-sided 95% quantiles of Student's t, by degrees of freedom (1-30);
 # beyond 30 the normal 1.96 is within 2%.
@@ -109,9 +114,7 @@ def sweep(
     UserError: as `train.train_and_evaluate`; ConfigError for folds the
       dataset does not have.
   """
-  from absl import logging
-
-  from hpr import config as config_lib
+  # Late: keeps TensorFlow and JAX out of the tool's --help.
   from hpr import train
 
   if not seeds:
@@ -198,9 +201,6 @@ def parse_ints(flag: str, text: str) -> list[int]:
 
 
 def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
   config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file; override keys with '
     '--config.key=value.', lock_config=True)  # fmt: skip
@@ -214,12 +214,6 @@ def _define_flags():
 
 
 def main(argv: list[str]) -> None:
-  from absl import flags, logging
-
-  from hpr import launch
-  from hpr.cli import fail
-  from hpr.errors import UserError
-
   FLAGS = flags.FLAGS
   logging.get_absl_handler().addFilter(launch.QuietLibraries())
   try:
@@ -241,10 +235,6 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """`python -m hpr.tools.sweep`."""
-  from absl import app
-
-  from hpr import launch  # noqa: F401  (defines the multi-process flags)
-
   _define_flags()
   app.run(main)
 
