@@ -257,3 +257,20 @@ def test_installed_copy_trains_and_evaluates(tmp_path, data_dir):
     .splitlines()[-1]
     .startswith("hpr: error: unknown config key 'training.batchsize'")
   )
+
+
+def test_installed_copy_imports_a_keras_model(tmp_path):
+  from tests.fixtures import make_keras_fixtures as fixtures
+
+  site = _installed_copy(tmp_path)
+  work = tmp_path / 'work'
+  work.mkdir()
+  (tmp_path / 'fixtures').mkdir()
+  root = fixtures.extract(tmp_path / 'fixtures')
+  model = fixtures.model_file(root, 3, 'tiny12', 'keras')
+  names = ','.join(f'class{i}' for i in range(12))
+  out = _run_installed(site, work, '-m', 'hpr.keras.importer', model,
+                       '--class_names', names, '--workdir', 'imported')  # fmt: skip
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'imported convlstm (12 classes' in out.stdout
+  assert os.listdir(work / 'imported' / 'checkpoints') == ['0']
