@@ -152,6 +152,7 @@ def test_kill_and_resume_gives_identical_metrics(data_dir, tmp_path):
     'confusion.png',
     'gallery.png',
     'loss.png',
+    'reliability.png',
   ]
 
   # Kill the second run hard once it has saved a mid-epoch checkpoint of
