@@ -125,6 +125,7 @@ def time_pipeline(config, builder, clips: int) -> dict:
       f'the training split has {per_epoch} videos, fewer than a batch of '
       f'{config.training.batch_size}: use more --videos'
     )
+  clips_spec = input_pipeline.clip_spec(config, training=True)
   seen = within = 0
   within_s = 0.0
   startups = []
@@ -132,7 +133,15 @@ def time_pipeline(config, builder, clips: int) -> dict:
   while seen < clips:
     epoch_start = time.perf_counter()
     first = None
-    for batch in input_pipeline.train_batches(config, builder, epoch=epoch):
+    for batch in input_pipeline.train_batches(
+      builder,
+      config.dataset.train_split,
+      clips_spec,
+      batch_size=config.training.batch_size,
+      seed=config.seed,
+      epoch=epoch,
+      shuffle_buffer=config.input.shuffle_buffer,
+    ):
       now = time.perf_counter()
       n = len(batch['label'])
       if first is None:

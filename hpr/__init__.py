@@ -7,7 +7,8 @@ The public API (docs/api.md), all importable from `hpr` itself:
     LRCN, SingleFrame, build_model, count_params.
   Configs: default_config, load_config_file.
   Clip pipeline on a TFDS builder: get_builder, get_dataset_info,
-    DatasetInfo, train_batches, eval_batches, steps_per_epoch.
+    DatasetInfo, ClipSpec, clip_spec, train_batches, eval_batches,
+    steps_per_epoch.
   Training: train_and_evaluate(config, workdir).
   A trained workdir: load_trained(workdir, step=None) ->
     (model, config, class_names).
@@ -41,6 +42,8 @@ _LAZY = {
   'load_config_file': 'hpr.config',
   # The clip pipeline: TensorFlow and TFDS.
   'DatasetInfo': 'hpr.input_pipeline',
+  'ClipSpec': 'hpr.input_pipeline',
+  'clip_spec': 'hpr.input_pipeline',
   'get_builder': 'hpr.input_pipeline',
   'get_dataset_info': 'hpr.input_pipeline',
   'train_batches': 'hpr.input_pipeline',
@@ -55,6 +58,7 @@ _LAZY = {
 }
 
 __all__ = [
+  'ClipSpec',
   'ConfigError',
   'ConvLSTM',
   'ConvLSTMCell',
@@ -67,6 +71,7 @@ __all__ = [
   'SingleFrame',
   'UserError',
   'build_model',
+  'clip_spec',
   'count_params',
   'default_config',
   'eval_batches',
@@ -83,7 +88,9 @@ if TYPE_CHECKING:  # For type checkers and IDEs; at run time, __getattr__.
   from hpr.config import default_config, load_config_file
   from hpr.errors import ConfigError, UserError
   from hpr.input_pipeline import (
+    ClipSpec,
     DatasetInfo,
+    clip_spec,
     eval_batches,
     get_builder,
     get_dataset_info,

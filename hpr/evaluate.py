@@ -83,7 +83,13 @@ def predict_clips(
   out = {'logits': [], 'labels': [], 'index': []}
   for number, batch in enumerate(
     input_pipeline.eval_batches(
-      config, builder, split, num_views=num_views, num_crops=num_crops
+      builder,
+      split,
+      input_pipeline.clip_spec(config, training=False),
+      batch_size=config.eval.batch_size,
+      seed=config.seed,
+      num_views=num_views,
+      num_crops=num_crops,
     )
   ):
     if frame_order != 'normal':

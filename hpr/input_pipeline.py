@@ -51,6 +51,57 @@ class DatasetInfo:
     return len(self.class_names)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+  """How a clip is made from a stored video, as plain values (the config's
+  input.* for training or for evaluation: `clip_spec`)."""
+
+  num_frames: int
+  image_size: int
+  # video_ops.frame_indices: 'uniform', 'strided' or 'segments'.
+  sampling: str = 'uniform'
+  frame_stride: int = 2
+  # 'resize', 'center', 'random_resized' or 'scale_jitter' (_crop_op).
+  crop: str = 'resize'
+  crop_area: tuple[float, float] = (0.4, 1.0)
+  crop_aspect: tuple[float, float] = (0.75, 1.333)
+  scale_jitter: tuple[float, float] = (1.0, 1.33)
+  # What a horizontal flip makes of each label (`flip_labels`); None: no
+  # random flips.
+  flip_labels: tuple[int, ...] | None = None
+  color_jitter: float = 0.0
+  normalization: str = 'centered'
+  modality: str = 'rgb'
+  # How much smaller the stored JPEG frames may be decoded (`jpeg_ratio`).
+  jpeg_ratio: int = 0
+
+
+def clip_spec(
+  config: ml_collections.ConfigDict,
+  *,
+  training: bool,
+  flip_labels: tuple[int, ...] | None = None,
+) -> ClipSpec:
+  """The clips of `config` for training or for evaluation. `flip_labels`
+  (training only; `flip_labels()`) turns on input.random_flip's flips."""
+  i = config.input
+  return ClipSpec(
+    num_frames=i.num_frames,
+    image_size=i.image_size,
+    sampling=i.train_sampling if training else i.eval_sampling,
+    frame_stride=i.frame_stride,
+    crop=i.train_crop if training else i.eval_crop,
+    crop_area=tuple(i.crop_area),
+    crop_aspect=tuple(i.crop_aspect),
+    scale_jitter=tuple(i.scale_jitter),
+    flip_labels=flip_labels if training and i.random_flip else None,
+    color_jitter=i.color_jitter if training else 0.0,
+    normalization=i.normalization,
+    modality=i.modality,
+    jpeg_ratio=jpeg_ratio(config, training=training),
+  )
+
+
 def _is_hpr_builder(name: str) -> bool:
   return name.split('/')[0].split(':')[0] in hpr.datasets.BUILDERS
 
@@ -271,41 +322,38 @@ def data_protocol(
 
 
 def preprocess_ops(
-  config: ml_collections.ConfigDict,
+  spec: ClipSpec,
   *,
   training: bool,
   num_views: int = 1,
   num_crops: int = 1,
-  flip_labels: tuple[int, ...] | None = (),
 ) -> list[video_ops.Op]:
   """The preprocessing of one example, as a list of ops.
 
-  `num_views` temporal views (features['view']) and `num_crops` spatial ones
-  (features['crop']) are evaluation's multi-view test. `flip_labels` is
-  what training's random flip makes of each label (`flip_labels()`; ()
-  keeps them, None: no flips). The clip ends as
-  input.modality asks (`video_ops.modality`): C = 3 channels, 6 for
-  'rgb+diff'.
+  `training` draws the frames' offset, the crop and the augmentation at
+  random (from the example's seed). `num_views` temporal views
+  (features['view']) and `num_crops` spatial ones (features['crop']) are
+  evaluation's multi-view test. The clip ends as `spec.modality` asks
+  (`video_ops.modality`): C = 3 channels, 6 for 'rgb+diff'.
   """
-  i = config.input
   ops = [
     video_ops.sample_frames(
-      i.num_frames,
-      i.train_sampling if training else i.eval_sampling,
-      stride=i.frame_stride,
+      spec.num_frames,
+      spec.sampling,
+      stride=spec.frame_stride,
       training=training,
       num_views=num_views,
     ),
-    video_ops.decode_frames(jpeg_ratio(config, training=training)),
-    _crop_op(config, training=training, num_crops=num_crops),
+    video_ops.decode_frames(spec.jpeg_ratio),
+    _crop_op(spec, training=training, num_crops=num_crops),
   ]
-  if training and i.random_flip and flip_labels is not None:
-    ops.append(video_ops.random_flip(flip_labels))
-  if training and i.color_jitter:
-    ops.append(video_ops.color_jitter(i.color_jitter))
-  ops.append(video_ops.normalize(i.normalization))
-  if i.modality != 'rgb':
-    ops.append(video_ops.modality(i.modality))
+  if training and spec.flip_labels is not None:
+    ops.append(video_ops.random_flip(spec.flip_labels))
+  if training and spec.color_jitter:
+    ops.append(video_ops.color_jitter(spec.color_jitter))
+  ops.append(video_ops.normalize(spec.normalization))
+  if spec.modality != 'rgb':
+    ops.append(video_ops.modality(spec.modality))
   return ops
 
 
@@ -329,17 +377,15 @@ def jpeg_ratio(config: ml_collections.ConfigDict, *, training: bool) -> int:
   return ratio
 
 
-def _crop_op(config, *, training: bool, num_crops: int) -> video_ops.Op:
-  i = config.input
-  size = i.image_size
+def _crop_op(spec: ClipSpec, *, training: bool, num_crops: int):
+  size = spec.image_size
   if not training and num_crops > 1:
     return video_ops.center_crop(size, num_crops)
-  mode = i.train_crop if training else i.eval_crop
-  if mode == 'random_resized':
-    return video_ops.random_resized_crop(size, i.crop_area, i.crop_aspect)
-  if mode == 'scale_jitter':
-    return video_ops.scale_jitter(size, i.scale_jitter)
-  if mode == 'center':
+  if spec.crop == 'random_resized':
+    return video_ops.random_resized_crop(size, spec.crop_area, spec.crop_aspect)
+  if spec.crop == 'scale_jitter':
+    return video_ops.scale_jitter(size, spec.scale_jitter)
+  if spec.crop == 'center':
     return video_ops.center_crop(size)
   return video_ops.resize(size)
 
@@ -396,40 +442,46 @@ def _rows(ds: tf.data.Dataset, batch_size: int, rows: tuple[int, int]):
 
 
 def train_batches(
-  config: ml_collections.ConfigDict,
   builder: tfds.core.DatasetBuilder,
+  split: str,
+  spec: ClipSpec,
   *,
+  batch_size: int,
+  seed: int,
   epoch: int,
+  shuffle_buffer: int = 512,
   start_batch: int = 0,
   rows: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's training batches of one epoch, from `start_batch` on.
 
-  `rows` [start, stop) of each global batch are loaded (default: this
-  process's, `parallel.process_rows`).
+  Args:
+    builder, split: the examples.
+    spec: how each clip is made (`clip_spec(config, training=True, ...)`).
+    batch_size: the global batch size.
+    seed, epoch: the shuffle and the augmentation are drawn from both.
+    shuffle_buffer: encoded videos held for shuffling.
+    start_batch: skip the epoch's first batches (a resumed epoch).
+    rows: [start, stop) of each global batch to load (default: this
+      process's, `parallel.process_rows`).
 
   Yields:
     {'video': float32 (b, T, S, S, C), 'label': int32 (b,)}: this process's
-    rows of each global batch (b = training.batch_size in a single-process
-    run); the last partial global batch is dropped.
+    rows of each global batch (b = batch_size in a single-process run); the
+    last partial global batch is dropped.
   """
-  global_size = config.training.batch_size
-  rows = rows or parallel.process_rows(global_size)
-  split = config.dataset.train_split
-  num_batches = builder.info.splits[split].num_examples // global_size
-  epoch_seed = config.seed * 100_003 + epoch
-  ds = _with_seeds(_read(builder, split, epoch_seed), config.seed, epoch)
+  rows = rows or parallel.process_rows(batch_size)
+  num_batches = builder.info.splits[split].num_examples // batch_size
+  epoch_seed = seed * 100_003 + epoch
+  ds = _with_seeds(_read(builder, split, epoch_seed), seed, epoch)
   ds = ds.shuffle(
-    config.input.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False
+    shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False
   )
   # Whole global batches only, or the processes would disagree on the count.
-  ds = ds.take(num_batches * global_size).skip(start_batch * global_size)
-  ds = _rows(ds, global_size, rows)
-  flips = flip_labels(
-    config, tuple(builder.info.features['label'].names), builder
-  )
+  ds = ds.take(num_batches * batch_size).skip(start_batch * batch_size)
+  ds = _rows(ds, batch_size, rows)
   ds = ds.map(
-    video_ops.compose(preprocess_ops(config, training=True, flip_labels=flips)),
+    video_ops.compose(preprocess_ops(spec, training=True)),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
@@ -447,12 +499,9 @@ def _options() -> tf.data.Options:
   return options
 
 
-def steps_per_epoch(
-  config: ml_collections.ConfigDict, info: DatasetInfo
-) -> int:
+def steps_per_epoch(builder, split: str, batch_size: int) -> int:
   """Training steps in one epoch (the last partial batch is dropped)."""
-  examples = info.num_examples[config.dataset.train_split]
-  return examples // config.training.batch_size
+  return builder.info.splits[split].num_examples // batch_size
 
 
 def num_eval_batches(
@@ -465,10 +514,12 @@ def num_eval_batches(
 
 
 def eval_batches(
-  config: ml_collections.ConfigDict,
   builder: tfds.core.DatasetBuilder,
   split: str,
+  spec: ClipSpec,
   *,
+  batch_size: int,
+  seed: int = 0,
   num_views: int = 1,
   num_crops: int = 1,
   rows: tuple[int, int] | None = None,
@@ -476,23 +527,24 @@ def eval_batches(
   """This process's evaluation batches of `split`, padded and masked.
 
   Each is this process's rows (or `rows` [start, stop)) of a global batch
-  of eval.batch_size clips in dataset order (the whole batch in a
-  single-process run), so gathering them gives the single-process order. Every process yields the same number
-  of batches (padding-only ones where its rows run out), as a multi-process
-  step needs. With `num_views` x
-  `num_crops` > 1, each example gives that many clips in a row (temporal
-  views, see `video_ops.frame_indices`, each in `num_crops` spatial crops,
-  see `video_ops.center_crop`), all with the example's `index`.
+  of `batch_size` clips in dataset order (the whole batch in a
+  single-process run), so gathering them gives the single-process order.
+  Every process yields the same number of batches (padding-only ones where
+  its rows run out), as a multi-process step needs. `spec` is evaluation's
+  (`clip_spec(config, training=False)`); `seed` seeds only ops that draw
+  at random. With `num_views` x `num_crops` > 1, each example gives that
+  many clips in a row (temporal views, see `video_ops.frame_indices`, each
+  in `num_crops` spatial crops, see `video_ops.center_crop`), all with the
+  example's `index`.
 
   Yields:
     {'video': float32 (b, T, S, S, C), 'label': int32 (b,),
      'index': int32 (b,) position of the example in `split`,
      'mask': bool (b,)}: mask is False for padding.
   """
-  global_size = config.eval.batch_size
-  rows = rows or parallel.process_rows(global_size)
-  batch_size = rows[1] - rows[0]
-  ds = _with_seeds(_read(builder, split, None), config.seed, -1)
+  rows = rows or parallel.process_rows(batch_size)
+  local = rows[1] - rows[0]
+  ds = _with_seeds(_read(builder, split, None), seed, -1)
   ds = ds.enumerate().map(lambda i, ex: {**ex, 'index': tf.cast(i, tf.int32)})
   clips = num_views * num_crops
   if clips > 1:
@@ -505,36 +557,36 @@ def eval_batches(
         }
       )
     )
-  ds = _rows(ds, global_size, rows)
+  ds = _rows(ds, batch_size, rows)
   ds = ds.map(
     video_ops.compose(
       preprocess_ops(
-        config, training=False, num_views=num_views, num_crops=num_crops
+        spec, training=False, num_views=num_views, num_crops=num_crops
       )
     ),
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
   ds = ds.map(lambda ex: {k: ex[k] for k in ('video', 'label', 'index')})
-  ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(_options())
-  total = num_eval_batches(builder, split, global_size, clips)
+  ds = ds.batch(local).prefetch(tf.data.AUTOTUNE).with_options(_options())
+  total = num_eval_batches(builder, split, batch_size, clips)
   shape = (
-    batch_size,
-    config.input.num_frames,
-    config.input.image_size,
-    config.input.image_size,
-    video_ops.modality_channels(config.input.modality),
+    local,
+    spec.num_frames,
+    spec.image_size,
+    spec.image_size,
+    video_ops.modality_channels(spec.modality),
   )
   produced = 0
   for batch in ds.as_numpy_iterator():
-    yield pad_batch(batch, batch_size)
+    yield pad_batch(batch, local)
     produced += 1
   for _ in range(total - produced):
     yield {
       'video': np.zeros(shape, np.float32),
-      'label': np.zeros((batch_size,), np.int32),
-      'index': np.zeros((batch_size,), np.int32),
-      'mask': np.zeros((batch_size,), bool),
+      'label': np.zeros((local,), np.int32),
+      'index': np.zeros((local,), np.int32),
+      'mask': np.zeros((local,), bool),
     }
 
 

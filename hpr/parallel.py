@@ -455,12 +455,6 @@ def process_rows(
   return start, stop
 
 
-def process_batch_size(global_batch_size: int) -> int:
-  """The part of a global batch that this process loads."""
-  start, stop = process_rows(global_batch_size)
-  return stop - start
-
-
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
   """Host batch (this process's rows, `process_rows`) -> global arrays
   sharded on 'data'."""

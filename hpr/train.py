@@ -184,6 +184,7 @@ class _Run:
   builder: Any
   info: Any
   steps_per_epoch: int
+  clips: input_pipeline.ClipSpec  # How training clips are made.
   ts: Any
   ckpts: checkpoint.Checkpoints
   logger: metrics.MetricLogger
@@ -222,7 +223,9 @@ def _start(config, workdir, mesh, stop: '_StopSignals') -> _Run:
   builder = input_pipeline.get_builder(config.dataset)
   info = input_pipeline.get_dataset_info(config, builder)
   _write_config(config, workdir, info)
-  steps_per_epoch = input_pipeline.steps_per_epoch(config, info)
+  steps_per_epoch = input_pipeline.steps_per_epoch(
+    builder, config.dataset.train_split, config.training.batch_size
+  )
   if steps_per_epoch == 0:
     raise UserError(
       f'training.batch_size {config.training.batch_size} is larger than the '
@@ -241,6 +244,8 @@ def _start(config, workdir, mesh, stop: '_StopSignals') -> _Run:
     input_pipeline.describe_flips(config, info.class_names, builder),
   )
   check_validation_size(config, builder)
+  flips = input_pipeline.flip_labels(config, info.class_names, builder)
+  clips = input_pipeline.clip_spec(config, training=True, flip_labels=flips)
   ts = create_train_state(config, info.num_classes, mesh, steps_per_epoch)
   parameter_overview.log_parameter_overview(
     nnx.to_pure_dict(ts.state['model']), msg=f'{config.model.name} parameters'
@@ -274,6 +279,7 @@ def _start(config, workdir, mesh, stop: '_StopSignals') -> _Run:
     builder=builder,
     info=info,
     steps_per_epoch=steps_per_epoch,
+    clips=clips,
     ts=ts,
     ckpts=ckpts,
     logger=logger,
@@ -295,7 +301,14 @@ def _train_epoch(run: _Run, epoch: int, start_batch: int, step: int, report):
   at the step boundary after a stop signal)."""
   t, ts = run.config.training, run.ts
   batches = input_pipeline.train_batches(
-    run.config, run.builder, epoch=epoch, start_batch=start_batch
+    run.builder,
+    run.config.dataset.train_split,
+    run.clips,
+    batch_size=t.batch_size,
+    seed=run.config.seed,
+    epoch=epoch,
+    shuffle_buffer=run.config.input.shuffle_buffer,
+    start_batch=start_batch,
   )
   for batch_index, batch in enumerate(batches, start=start_batch):
     ts.state, loss = run.train_fn(

@@ -62,3 +62,36 @@ def trained_workdir(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('trained'))
   config = tiny_config(data_dir)
   return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+def train_batches(config, builder, **kwargs):
+  """`input_pipeline.train_batches` with `config`'s values, as the trainer
+  calls it (`kwargs`: epoch, start_batch, rows)."""
+  from hpr import input_pipeline
+
+  names = tuple(builder.info.features['label'].names)
+  flips = input_pipeline.flip_labels(config, names, builder)
+  return input_pipeline.train_batches(
+    builder,
+    config.dataset.train_split,
+    input_pipeline.clip_spec(config, training=True, flip_labels=flips),
+    batch_size=config.training.batch_size,
+    seed=config.seed,
+    shuffle_buffer=config.input.shuffle_buffer,
+    **kwargs,
+  )
+
+
+def eval_batches(config, builder, split, **kwargs):
+  """`input_pipeline.eval_batches` with `config`'s values, as evaluation
+  calls it (`kwargs`: num_views, num_crops, rows)."""
+  from hpr import input_pipeline
+
+  return input_pipeline.eval_batches(
+    builder,
+    split,
+    input_pipeline.clip_spec(config, training=False),
+    batch_size=config.eval.batch_size,
+    seed=config.seed,
+    **kwargs,
+  )

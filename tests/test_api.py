@@ -17,6 +17,7 @@ import hpr
 from hpr import input_pipeline
 from hpr import workdir as workdir_lib
 from hpr.tools import predict
+from tests import conftest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 API_PAGE = os.path.join(ROOT, 'docs', 'api.md')
@@ -157,7 +158,7 @@ def test_load_trained_equals_the_predictor(trained_workdir, data_dir):
   assert loaded_config.input.num_frames == config.input.num_frames
   builder = input_pipeline.get_builder(loaded_config.dataset)
   batch = next(
-    input_pipeline.eval_batches(loaded_config, builder, 'test', rows=(0, 8))
+    conftest.eval_batches(loaded_config, builder, 'test', rows=(0, 8))
   )
   logits = np.asarray(model(jnp.asarray(batch['video'])))
   expected = np.asarray(predictor.module(jnp.asarray(batch['video'])))

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from hpr import config as config_lib
 from hpr import input_pipeline
 from hpr.errors import ConfigError, UserError
+from tests import conftest
 from tests.conftest import tiny_config
 
 CLASSES = ('Clockwise', 'CounterClockwise', 'Still')
@@ -100,7 +101,7 @@ def folder_data_dir(tmp_path_factory):
 def one_epoch(config):
   config_lib.validate(config)
   builder = input_pipeline.get_builder(config.dataset)
-  batches = list(input_pipeline.train_batches(config, builder, epoch=0))
+  batches = list(conftest.train_batches(config, builder, epoch=0))
   video = np.concatenate([b['video'] for b in batches])
   label = np.concatenate([b['label'] for b in batches])
   return video, label

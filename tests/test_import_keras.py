@@ -22,6 +22,7 @@ from hpr import evaluate, input_pipeline, models, train
 from hpr.errors import UserError
 from hpr.keras import importer as import_keras
 from hpr.models import layers as hpr_layers
+from tests import conftest
 from tests.conftest import tiny_config
 from tests.fixtures import make_keras_fixtures as fixtures
 from tests.fixtures.make_keras_fixtures import ARCHS, FORMATS, NOTEBOOK_SHAPE
@@ -321,7 +322,7 @@ def test_imported_workdir_evaluates_and_fine_tunes(
   result = evaluate.evaluate(config, workdir)
   builder = input_pipeline.get_builder(config.dataset)
   probs, labels = [], []
-  for batch in input_pipeline.eval_batches(
+  for batch in conftest.eval_batches(
     config, builder, config.dataset.test_split
   ):
     mask = batch['mask'].astype(bool)

@@ -18,6 +18,7 @@ import tensorflow as tf
 from hpr import input_pipeline, parallel, train, video_ops
 from hpr.errors import ConfigError, UserError
 from hpr.train_state import create_train_state, jit_train_step
+from tests import conftest
 from tests.conftest import tiny_config
 
 MODALITIES = ('rgb', 'diff', 'rgb+diff')
@@ -117,7 +118,7 @@ def test_a_model_trains_a_step_on_each_modality(data_dir, model, modality):
   config.input.modality = modality
   config.optimizer.schedule = 'constant'  # A warm-up starts at rate 0.
   builder = input_pipeline.get_builder(config.dataset)
-  batch = next(input_pipeline.train_batches(config, builder, epoch=0))
+  batch = next(conftest.train_batches(config, builder, epoch=0))
   channels = video_ops.modality_channels(modality)
   assert batch['video'].shape == (8, 6, 32, 32, channels)
   if modality == 'diff':
@@ -126,7 +127,7 @@ def test_a_model_trains_a_step_on_each_modality(data_dir, model, modality):
   # The same clips as the NumPy function gives on the 'rgb' pipeline's.
   rgb = config.copy_and_resolve_references()
   rgb.input.modality = 'rgb'
-  rgb_batch = next(input_pipeline.train_batches(rgb, builder, epoch=0))
+  rgb_batch = next(conftest.train_batches(rgb, builder, epoch=0))
   np.testing.assert_allclose(
     batch['video'],
     video_ops.to_modality(rgb_batch['video'], modality),
@@ -151,7 +152,7 @@ def test_eval_padding_has_the_modality_channels(data_dir):
   config.input.modality = 'rgb+diff'
   config.eval.batch_size = 32  # 12 test clips: one padded batch.
   builder = input_pipeline.get_builder(config.dataset)
-  batches = list(input_pipeline.eval_batches(config, builder, 'test'))
+  batches = list(conftest.eval_batches(config, builder, 'test'))
   assert all(b['video'].shape[-1] == 6 for b in batches)
 
 

@@ -10,6 +10,7 @@ from flax import nnx
 
 from hpr import metrics, models, parallel
 from hpr.train_state import TrainState, jit_eval_step, jit_train_step
+from tests import conftest
 
 
 def _state(mesh, name):
@@ -79,7 +80,6 @@ def test_eval_step_output_is_sharded_over_the_batch():
 
 def test_one_process_loads_every_row_of_a_batch():
   assert parallel.process_rows(8) == (0, 8)
-  assert parallel.process_batch_size(8) == 8
 
 
 @pytest.mark.parametrize(
@@ -169,9 +169,7 @@ def test_processes_rows_make_up_the_single_process_train_batches(data_dir):
 
   def batches(rows):
     return list(
-      input_pipeline.train_batches(
-        config, builder, epoch=1, start_batch=1, rows=rows
-      )
+      conftest.train_batches(config, builder, epoch=1, start_batch=1, rows=rows)
     )
 
   whole, first, second = batches((0, 8)), batches((0, 4)), batches((4, 8))
@@ -193,7 +191,7 @@ def test_processes_rows_make_up_the_single_process_eval_batches(data_dir):
   split = config.dataset.eval_split  # 12 examples: batches of 8 and 4.
 
   def batches(rows):
-    return list(input_pipeline.eval_batches(config, builder, split, rows=rows))
+    return list(conftest.eval_batches(config, builder, split, rows=rows))
 
   whole, first, second = batches((0, 8)), batches((0, 4)), batches((4, 8))
   assert len(whole) == len(first) == len(second) == 2

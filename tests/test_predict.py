@@ -470,7 +470,10 @@ def test_views_average_the_eval_pipelines_clips_and_crops(
   encoded = tf.stack([tf.io.encode_png(f) for f in frames])
   ops = video_ops.compose(
     input_pipeline.preprocess_ops(
-      predictor.config, training=False, num_views=3, num_crops=3
+      input_pipeline.clip_spec(predictor.config, training=False),
+      training=False,
+      num_views=3,
+      num_crops=3,
     )
   )
   probs = []

@@ -362,7 +362,12 @@ def test_clips(config, count: int) -> np.ndarray:
   builder = input_pipeline.get_builder(config.dataset)
   clips = []
   for batch in input_pipeline.eval_batches(
-    config, builder, config.dataset.test_split, rows=(0, config.eval.batch_size)
+    builder,
+    config.dataset.test_split,
+    input_pipeline.clip_spec(config, training=False),
+    batch_size=config.eval.batch_size,
+    seed=config.seed,
+    rows=(0, config.eval.batch_size),
   ):
     clips.extend(batch['video'][batch['mask']])
     if len(clips) >= count:
