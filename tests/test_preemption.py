@@ -78,7 +78,8 @@ def _records(workdir):
 
 
 def _final(output):
-  return [line for line in output.splitlines() if 'test accuracy' in line]
+  # The console summary's line (log lines carry times and thread ids).
+  return [line for line in output.splitlines() if line.startswith('test acc')]
 
 
 def _interrupt(data_dir, workdir, signum):
