@@ -95,3 +95,62 @@ def eval_batches(config, builder, split, **kwargs):
     seed=config.seed,
     **kwargs,
   )
+
+
+# Parametrized cases that the fast run (`-m 'not slow'`) leaves to the slow
+# one: the fast run keeps one case of each kernel path, model and layer.
+SLOW_CASES = {
+  'test_kernels.py::test_convlstm_layer_auto_matches_the_reference': [
+    '14-16-6-valid-True-tanh-hard_sigmoid-1-native',
+    '5-12-7-valid-True-tanh-hard_sigmoid-1-native',
+    '3-4-9-valid-True-tanh-sigmoid-1-conv_sum',
+    '4-6-8-same-False-relu-hard_sigmoid-1-conv_sum',
+    '8-14-7-valid-True-tanh-sigmoid-1-patches',
+    '3-4-9-same-True-tanh-sigmoid-2-patches',
+  ],
+  'test_kernels.py::test_conv_relu_pool_auto_matches_the_reference': [
+    f'shape{i}' for i in (2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 16, 17, 19)
+  ],
+  'test_kernels_conv_block.py::test_matches_the_plain_formulation': [
+    'shape2',
+    'shape3',
+    'shape4',
+    'shape5',
+  ],
+  'test_kernels_conv_block.py::test_strip_kernel_maps_strip_patches_to_the_conv': [
+    '2'
+  ],
+  'test_kernels_conv_sum.py::test_conv_sum_matches_autodiff_of_two_convs': [
+    'same+same-2x3-1',
+    'valid+same-3x3-1',
+    'valid+same-3x3-odd-1',
+    'valid+same-3x4-1',
+  ],
+  'test_kernels_models.py::test_auto_matches_reference_in_train_mode': [
+    'convlstm-8',
+    'convlstm_xla-1',
+    'lrcn_xla-1',
+    'lrcn-1',
+    'convlstm-1',
+  ],
+  'test_parallel.py::test_sharded_step_equals_single_device_step': ['convlstm'],
+  'test_modality.py::test_a_model_trains_a_step_on_each_modality': [
+    'convlstm-rgb+diff'
+  ],
+  'test_mixed_precision.py::test_bfloat16_computes_in_bfloat16_from_float32_params': [
+    'convlstm'
+  ],
+  'test_checkpoint.py::test_cli_step_on_a_damaged_checkpoint_is_one_line': [
+    'evaluate'
+  ],
+}
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    test, _, case = item.nodeid.rpartition('/')[2].partition('[')
+    if any(
+      case.rstrip(']') == c or case.startswith(c + '-')
+      for c in SLOW_CASES.get(test, ())
+    ):
+      item.add_marker(pytest.mark.slow)

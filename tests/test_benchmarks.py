@@ -60,6 +60,7 @@ def _step_ab(tmp_path, *args):
   )
 
 
+@pytest.mark.slow
 def test_step_ab_times_every_variant_in_turns(tmp_path):
   setup = tmp_path / 'setup.py'
   marker = tmp_path / 'setup_ran'

@@ -113,6 +113,7 @@ def test_damaged_latest_checkpoint_falls_back(workdir_copy, damage, capfd):
   assert 'Traceback' not in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_skips_a_damaged_checkpoint_and_finishes(workdir_copy):
   config, workdir = workdir_copy
   directory = os.path.join(workdir, 'checkpoints')

@@ -196,6 +196,7 @@ def test_checkpoint_of_another_model_is_one_line(
   assert '\n' not in str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_from_workdir_config(trained_workdir, tmp_path):
   _, workdir, _ = trained_workdir
   out = tmp_path / 'w'

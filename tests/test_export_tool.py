@@ -89,6 +89,7 @@ def test_stablehlo_deserializes_and_matches_jax(trained_workdir, tmp_path):
   assert 'hpr_conv' not in classify.mlir_module()
 
 
+@pytest.mark.slow
 def test_a_failed_check_leaves_no_directory(
   trained_workdir, tmp_path, monkeypatch
 ):

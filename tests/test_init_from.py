@@ -24,6 +24,7 @@ def _fine_tune_config(config, source):
   return new
 
 
+@pytest.mark.slow
 def test_init_from_takes_the_model_and_starts_afresh(trained_workdir, tmp_path):
   config, source, _ = trained_workdir
   new = _fine_tune_config(config, f'{source}:4')

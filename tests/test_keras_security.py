@@ -370,6 +370,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_declared_sizes_are_refused_before_reading(tmp_path, originals):
   """A 30000x30000 kernel in a small .h5 or .keras, a 4 TiB one, and a
   .keras whose weights member inflates to over 1 GiB are refused by their

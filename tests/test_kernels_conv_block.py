@@ -78,6 +78,7 @@ def assert_matches_plain(op, args, pool, skip=(), atol=1e-5):
     )
 
 
+@pytest.mark.slow
 def test_ties_split_the_gradient():
   # One window of four equal positive pixels shares its gradient of 1.
   x = jnp.ones((1, 2, 2, 1))
@@ -104,6 +105,7 @@ def test_strip_kernel_maps_strip_patches_to_the_conv(strip):
   )
 
 
+@pytest.mark.slow
 def test_a_chunk_is_the_op_on_that_slice_of_the_batch():
   # (N, chunks, H, W, C): chunk 1 of 3, as FrameCNN's loop takes it.
   xs, kernel, bias = inputs((2, 3, 8, 8, 3), 4, True)
@@ -124,6 +126,7 @@ def test_a_chunk_is_the_op_on_that_slice_of_the_batch():
     np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_ties_are_counted_per_window_and_channel():
   # Channel 0: three of the window's four pixels tie at the maximum, 1.
   # Channel 1: all four pixels are 0 (a tie too), so ReLU stops the gradient.

@@ -129,6 +129,7 @@ def test_pixels_per_row_packs_the_convolution():
     hlo(a, b, 0)
 
 
+@pytest.mark.slow
 def test_conv_sum_under_jit_and_scan():
   # The way the ConvLSTM calls it: inside a rematerialised scan body.
   keys = jax.random.split(jax.random.key(1), 3)

@@ -51,6 +51,7 @@ def assert_sharded_auto_matches_reference(fn, args, spec, argnums, target):
     np.testing.assert_allclose(g8, g1, rtol=1e-5, atol=1e-5 * scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'shape, features, pool, argnums, target',
   [
@@ -73,6 +74,7 @@ def test_conv_relu_pool_on_eight_devices(
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'features, argnums', [(4, (1, 2, 3)), (4, (0, 1, 2, 3)), (14, (1, 2, 3))]
 )
@@ -98,6 +100,7 @@ def test_convlstm_layer_on_eight_devices(features, argnums):
   )
 
 
+@pytest.mark.slow
 def test_a_second_process_hits_the_persistent_cache(tmp_path):
   # On a sharded batch, where the compiled kernels are partitioned (on one
   # device the cache hits without cli's setting too).

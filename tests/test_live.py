@@ -56,6 +56,7 @@ def _lines(text):
   return lines[:-1], lines[-1]['summary']
 
 
+@pytest.mark.slow
 def test_a_container_on_stdin_is_classified_frame_by_frame(
   trained_workdir, stream_file, tmp_path
 ):
@@ -103,6 +104,7 @@ def test_a_container_on_stdin_is_classified_frame_by_frame(
     assert len(list(csv.DictReader(f))) == NUM_FRAMES
 
 
+@pytest.mark.slow
 def test_sigint_finalises_the_annotated_file(
   trained_workdir, stream_file, tmp_path
 ):

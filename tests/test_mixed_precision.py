@@ -69,6 +69,7 @@ def test_an_unknown_dtype_is_refused():
     build('lrcn', 'float16')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['lrcn', 'convlstm'])
 def test_a_bfloat16_run_saves_float32_resumes_and_evaluates(
   data_dir, tmp_path, name

@@ -252,6 +252,7 @@ def _failure(procs, workdir):
   return out
 
 
+@pytest.mark.slow
 def test_a_peer_that_never_comes_is_one_line(config_file, tmp_path):
   # Process 0 alone waits for process 1; process 1 alone finds nobody at
   # its (wrong) coordinator address.
@@ -287,6 +288,7 @@ def test_a_peer_that_never_comes_is_one_line(config_file, tmp_path):
     assert f'within {INIT_TIMEOUT_S} s' in lines[0]
 
 
+@pytest.mark.slow
 def test_different_process_counts_are_one_line(config_file, tmp_path):
   workdir = str(tmp_path / 'counts')
   port = _free_port()

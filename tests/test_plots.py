@@ -83,6 +83,7 @@ def _cli(*args):
   )
 
 
+@pytest.mark.slow
 def test_cli_workdir_and_dataset(trained_workdir, data_dir, tmp_path):
   run = _cli(f'--workdir={trained_workdir[1]}', f'--out={tmp_path / "w"}')
   assert run.returncode == 0, run.stderr

@@ -381,6 +381,7 @@ def _truncated_avi(path, num_frames=60):
   return str(path)
 
 
+@pytest.mark.slow
 def test_a_truncated_video_warns_with_the_frames_used(
   trained_workdir, tmp_path
 ):

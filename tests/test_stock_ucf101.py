@@ -43,6 +43,7 @@ def stock_ucf101(tmp_path_factory):
   return data_dir
 
 
+@pytest.mark.slow
 def test_stock_ucf101_trains_by_name(stock_ucf101, tmp_path):
   from hpr import train
 

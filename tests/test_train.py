@@ -141,6 +141,7 @@ def _overrides(data_dir, epochs):
   ]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_metrics(data_dir, tmp_path):
   overrides = _overrides(data_dir, epochs=3)
   straight = _cli('configs/default.py', tmp_path / 'straight', overrides)
