@@ -97,6 +97,19 @@ def eval_batches(config, builder, split, **kwargs):
   )
 
 
+@pytest.fixture(autouse=True)
+def _absl_logger_level():
+  """Restores the 'absl' logger's own level after each test: a CLI's main()
+  lowers absl's verbosity, which would hide later tests' INFO records from
+  caplog."""
+  import logging
+
+  logger = logging.getLogger('absl')
+  before = logger.level
+  yield
+  logger.setLevel(before)
+
+
 # Parametrized cases that the fast run (`-m 'not slow'`) leaves to the slow
 # one: the fast run keeps one case of each kernel path, model and layer.
 SLOW_CASES = {
