@@ -113,7 +113,33 @@ def _absl_logger_level():
 # Parametrized cases that the fast run (`-m 'not slow'`) leaves to the slow
 # one: the fast run keeps one case of each kernel path, model and layer.
 SLOW_CASES = {
+  'test_import_keras.py::test_predictions_match_keras': [
+    '2-convlstm_same',
+    '2-convlstm_avgpool',
+    '2-lrcn_variant',
+    '3-convlstm_same',
+    '3-convlstm_avgpool',
+    '3-lrcn_variant',
+  ],
+  'test_predict.py::test_predict_respects_the_input_modality': [
+    'rgb+diff',
+  ],
+  'test_predict.py::test_streaming_equals_the_model_on_every_window': [
+    'single_frame',
+    'lrcn-kwargs1',
+    'convlstm-kwargs3',
+  ],
+  'test_train.py::test_cli_config_errors_are_one_line': [
+    '--config.training.batch_size=abc',
+    '--config.training.batch_size=0',
+    '--config.training.batch_size=12',
+    '--config.dataset.name=nosuchdataset',
+  ],
+  'test_streaming.py::test_stateful_equals_the_window_after_each_reset': [
+    'lrcn-kwargs0',
+  ],
   'test_kernels.py::test_convlstm_layer_auto_matches_the_reference': [
+    '4-8-9-same-False-tanh-hard_sigmoid-1-native',
     '14-16-6-valid-True-tanh-hard_sigmoid-1-native',
     '5-12-7-valid-True-tanh-hard_sigmoid-1-native',
     '3-4-9-valid-True-tanh-sigmoid-1-conv_sum',
@@ -122,7 +148,8 @@ SLOW_CASES = {
     '3-4-9-same-True-tanh-sigmoid-2-patches',
   ],
   'test_kernels.py::test_conv_relu_pool_auto_matches_the_reference': [
-    f'shape{i}' for i in (2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 16, 17, 19)
+    f'shape{i}'
+    for i in (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19)
   ],
   'test_kernels_conv_block.py::test_matches_the_plain_formulation': [
     'shape2',
@@ -134,12 +161,22 @@ SLOW_CASES = {
     '2'
   ],
   'test_kernels_conv_sum.py::test_conv_sum_matches_autodiff_of_two_convs': [
+    'valid+same-3x3-3',
+    'valid+same-3x3-odd-2',
+    'valid+same-3x3-odd-3',
+    'same+same-3x3-1',
+    'same+same-3x3-2',
+    'same+same-3x3-3',
+    'same+same-2x3-2',
+    'same+same-2x3-3',
+    'valid+same-3x4-2',
     'same+same-2x3-1',
     'valid+same-3x3-1',
     'valid+same-3x3-odd-1',
     'valid+same-3x4-1',
   ],
   'test_kernels_models.py::test_auto_matches_reference_in_train_mode': [
+    'single_frame-8',
     'convlstm-8',
     'convlstm_xla-1',
     'lrcn_xla-1',
@@ -148,7 +185,8 @@ SLOW_CASES = {
   ],
   'test_parallel.py::test_sharded_step_equals_single_device_step': ['convlstm'],
   'test_modality.py::test_a_model_trains_a_step_on_each_modality': [
-    'convlstm-rgb+diff'
+    'lrcn-rgb+diff',
+    'convlstm-rgb+diff',
   ],
   'test_mixed_precision.py::test_bfloat16_computes_in_bfloat16_from_float32_params': [
     'convlstm'

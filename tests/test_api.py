@@ -93,6 +93,7 @@ def _page_parts() -> tuple[str, str]:
   return models, data
 
 
+@pytest.mark.slow
 def test_api_page_model_examples_run():
   blocks = _runnable_blocks(_page_parts()[0])
   assert len(blocks) == 3  # Models, a training step, nnx.RNN.
@@ -101,6 +102,7 @@ def test_api_page_model_examples_run():
   assert ns['hs'].shape == (2, 6, 32, 32, 8)
 
 
+@pytest.mark.slow
 def test_api_page_data_examples_run(tmp_path, monkeypatch):
   blocks = _runnable_blocks(_page_parts()[1])
   assert len(blocks) == 2  # The pipeline; train and load_trained.

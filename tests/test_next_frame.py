@@ -102,6 +102,7 @@ def test_cell_through_nnx_rnn_matches_the_convlstm_layer():
   assert carry[0].shape == (2, 6, 6, 5)
 
 
+@pytest.mark.slow
 def test_forecast_shape_and_depends_on_the_inputs_through_states():
   net = model.EncoderForecaster(
     patch=4, features=(4, 6), kernel_size=(3, 3), rngs=nnx.Rngs(0)

@@ -259,6 +259,7 @@ def test_installed_copy_trains_and_evaluates(tmp_path, data_dir):
   )
 
 
+@pytest.mark.slow
 def test_installed_copy_imports_a_keras_model(tmp_path):
   from tests.fixtures import make_keras_fixtures as fixtures
 

@@ -269,6 +269,7 @@ def test_short_video_policy(trained_workdir, videos, tmp_path):
   assert not os.path.exists(out)  # No half-written output is left.
 
 
+@pytest.mark.slow
 def test_cli_json_and_annotate_directory(trained_workdir, videos, tmp_path):
   run = subprocess.run(
     [
@@ -350,6 +351,7 @@ def test_bad_inputs_are_user_errors(trained_workdir, videos, tmp_path):
     predict.main(['--workdir', str(ten), videos['wave']])
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(trained_workdir, videos, tmp_path):
   empty = _bad_workdir(trained_workdir, tmp_path, 12)
   for args, code, message in (
@@ -515,6 +517,7 @@ def _calibrated_workdir(trained_workdir, tmp_path, temperature):
   return str(workdir)
 
 
+@pytest.mark.slow
 def test_calibrated_divides_the_logits_by_the_temperature(
   trained_workdir, videos, tmp_path
 ):

@@ -181,6 +181,7 @@ def test_kill_and_resume_gives_identical_metrics(data_dir, tmp_path):
   ]
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_one_line_and_keeps_checkpoint(
   data_dir, tmp_path
 ):

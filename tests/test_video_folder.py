@@ -197,6 +197,7 @@ def test_preparation_parameters_name_the_config(video_root, tmp_path):
     assert video_folder.config_from(other.dataset.video_folder).name != name
 
 
+@pytest.mark.slow
 def test_training_and_three_crop_test_run_on_the_prepared_folder(
   prepared, tmp_path
 ):
@@ -251,6 +252,7 @@ def test_bad_settings_are_one_line_errors(
   assert message in str(e.value) and '\n' not in str(e.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'flags, message',
   [

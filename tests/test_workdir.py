@@ -80,6 +80,7 @@ def test_training_in_a_locked_workdir_is_refused(holder, data_dir):
   assert sorted(os.listdir(path)) == [workdir.LOCK_FILE]  # Nothing written.
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_locked_workdir_in_one_line(holder, data_dir):
   process, path = holder
   run = subprocess.run(
