@@ -113,6 +113,9 @@ def _absl_logger_level():
 # Parametrized cases that the fast run (`-m 'not slow'`) leaves to the slow
 # one: the fast run keeps one case of each kernel path, model and layer.
 SLOW_CASES = {
+  'test_predict.py::test_convlstm_predictor_recomputes_windows_exactly': [
+    'unit',
+  ],
   'test_import_keras.py::test_predictions_match_keras': [
     '2-convlstm_same',
     '2-convlstm_avgpool',
@@ -130,6 +133,7 @@ SLOW_CASES = {
     'convlstm-kwargs3',
   ],
   'test_train.py::test_cli_config_errors_are_one_line': [
+    '--config.training.batchsize=4',
     '--config.training.batch_size=abc',
     '--config.training.batch_size=0',
     '--config.training.batch_size=12',
@@ -152,6 +156,7 @@ SLOW_CASES = {
     for i in (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19)
   ],
   'test_kernels_conv_block.py::test_matches_the_plain_formulation': [
+    'shape0',
     'shape2',
     'shape3',
     'shape4',
@@ -176,6 +181,7 @@ SLOW_CASES = {
     'valid+same-3x4-1',
   ],
   'test_kernels_models.py::test_auto_matches_reference_in_train_mode': [
+    'lrcn-8',
     'single_frame-8',
     'convlstm-8',
     'convlstm_xla-1',
@@ -192,7 +198,8 @@ SLOW_CASES = {
     'convlstm'
   ],
   'test_checkpoint.py::test_cli_step_on_a_damaged_checkpoint_is_one_line': [
-    'evaluate'
+    'predict',
+    'evaluate',
   ],
 }
 
