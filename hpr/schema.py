@@ -36,7 +36,7 @@ from hpr.errors import ConfigError
 
 # input.modality -> channels of the model's input frames (hpr.video_ops
 # .to_modality makes them; hpr.train_state.build_model sizes the model).
-MODALITY_CHANNELS = {'rgb': 3, 'diff': 3, 'rgb+diff': 6}
+MODALITY_CHANNELS = {'rgb': 3, 'diff': 3, 'rgb+diff': 6, 'rgb+flow': 5}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -199,7 +199,10 @@ def _schema() -> ml_collections.ConfigDict:
   # 'rgb' the frames; 'diff' the differences of consecutive sampled frames
   # (TSN's RGB difference: frame t minus frame t-1, a zero difference first,
   # so a clip keeps num_frames steps and what holds still is 0); 'rgb+diff'
-  # both stacked as 6 channels. The models' input channels follow it.
+  # both stacked as 6 channels; 'rgb+flow' the frames and 2 channels of
+  # normal flow (the motion along the brightness gradient, whose sign does
+  # not depend on what is light or dark). The models' input channels follow
+  # it.
   i.modality = rule('rgb', one_of(*MODALITY_CHANNELS))
   # Encoded videos held for shuffling in training.
   i.shuffle_buffer = rule(512, positive)
@@ -242,6 +245,10 @@ def _schema() -> ml_collections.ConfigDict:
   m.lrcn.kernel_size = rule((3, 3), positive)
   m.lrcn.pool_sizes = rule((4, 4, 2), positive)  # MaxPool after each conv.
   m.lrcn.dropout = rule(0.25, fraction)  # After every conv block but the last.
+  # A frame's features from the last block's map: 'flatten' (the notebook;
+  # keeps where things are) or 'avgpool' (the mean over space; the same
+  # wherever the actor stands, and far fewer LSTM inputs).
+  m.lrcn.frame_features = rule('flatten', one_of('flatten', 'avgpool'))
   m.lrcn.lstm_features = rule(64, positive)  # The notebook's is 32.
   # 'last': classify the last LSTM step (the notebook); 'mean': average the
   # per-step predictions (the LRCN paper).

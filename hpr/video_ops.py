@@ -360,12 +360,18 @@ MODALITIES = tuple(MODALITY_CHANNELS)
 
 def modality_channels(modality: str) -> int:
   """Channels of a model's input frames for `modality` (config
-  input.modality): 3 for 'rgb' and 'diff', 6 for 'rgb+diff'."""
+  input.modality): 3 for 'rgb' and 'diff', 6 for 'rgb+diff', 5 for
+  'rgb+flow'."""
   if modality not in MODALITY_CHANNELS:
     raise ValueError(
       f'unknown modality {modality!r}; valid: {", ".join(MODALITIES)}'
     )
   return MODALITY_CHANNELS[modality]
+
+
+# Normal flow's regulariser: |gradient|^2 + FLOW_EPS in the denominator, in
+# the normalized frames' units, so that flat, noisy places give ~0 flow.
+FLOW_EPS = 0.01
 
 
 def to_modality(frames: np.ndarray, modality: str) -> np.ndarray:
@@ -375,8 +381,15 @@ def to_modality(frames: np.ndarray, modality: str) -> np.ndarray:
   (TSN's RGB difference), frame t minus frame t-1, with a zero difference
   in front so that the clip keeps its T steps (a static clip is all zeros).
   'rgb+diff': both stacked on the channel axis, rgb first: [..., T, H, W,
-  2C]. The NumPy twin of the input pipeline's `modality` op (the tools use
-  it on the frames they normalized themselves); both give the same numbers.
+  2C]. 'rgb+flow': the frames and 2 channels (x, y) of normal flow, the
+  brightness-constancy estimate of motion along the grey image's gradient,
+  -I_t grad(I) / (|grad(I)|^2 + FLOW_EPS), with I_t the grey difference
+  from frame t-1 and grad(I) the central differences of the mean of frames
+  t-1 and t (edges repeated); a zero flow in front, as for 'diff'. Unlike a
+  difference, its sign says which way an edge moved whether it is light on
+  dark or dark on light. The NumPy twin of the input pipeline's `modality`
+  op (the tools use it on the frames they normalized themselves); both give
+  the same numbers.
   """
   modality_channels(modality)  # Refuses an unknown modality.
   frames = np.asarray(frames, np.float32)
@@ -384,12 +397,28 @@ def to_modality(frames: np.ndarray, modality: str) -> np.ndarray:
     return frames
   if frames.ndim < 4:
     raise ValueError(f'frames must be [..., T, H, W, C], got {frames.shape}')
+  if modality == 'rgb+flow':
+    return np.concatenate([frames, _normal_flow(frames)], axis=-1)
   diff = np.diff(frames, axis=-4)
   zero = np.zeros_like(frames[..., :1, :, :, :])
   diff = np.concatenate([zero, diff], axis=-4)
   if modality == 'diff':
     return diff
   return np.concatenate([frames, diff], axis=-1)
+
+
+def _normal_flow(frames: np.ndarray) -> np.ndarray:
+  """[..., T, H, W, C] -> [..., T, H, W, 2] (x, y); see `to_modality`."""
+  grey = frames.mean(-1, dtype=np.float32)
+  before = np.concatenate([grey[..., :1, :, :], grey[..., :-1, :, :]], -3)
+  dt = grey - before  # Zero at t = 0.
+  mid = (grey + before) * np.float32(0.5)
+  pad = [(0, 0)] * (mid.ndim - 2) + [(1, 1), (1, 1)]
+  mid = np.pad(mid, pad, mode='edge')
+  dx = (mid[..., 1:-1, 2:] - mid[..., 1:-1, :-2]) * np.float32(0.5)
+  dy = (mid[..., 2:, 1:-1] - mid[..., :-2, 1:-1]) * np.float32(0.5)
+  scale = -dt / (dx * dx + dy * dy + np.float32(FLOW_EPS))
+  return np.stack([scale * dx, scale * dy], -1).astype(np.float32)
 
 
 def reorder_frames(
@@ -400,27 +429,31 @@ def reorder_frames(
   `to_modality` (evaluation's frame-order probe). Reordering 'diff' inputs
   themselves would not give the differences of the reordered frames; they
   are recovered, up to each clip's first frame (which differences do not
-  see), by a cumulative sum, and 'rgb+diff' from its rgb half.
+  see), by a cumulative sum, and 'rgb+diff' and 'rgb+flow' from their rgb
+  channels.
   """
   rows = np.arange(len(inputs))[:, None]
   if modality == 'rgb':
     return inputs[rows, order]
   if modality == 'diff':
     frames = np.cumsum(inputs, axis=1)
-  else:
-    frames = inputs[..., : inputs.shape[-1] // 2]
+  else:  # 'rgb+diff', 'rgb+flow': the rgb channels come first.
+    frames = inputs[..., :3]
   return to_modality(frames[rows, order], modality)
 
 
 def modality(mode: str) -> Op:
   """The model's input from the normalized clip: `to_modality` in
-  TensorFlow. 'video' float32 (T, H, W, 3) -> (T, H, W, 3 or 6)."""
+  TensorFlow. 'video' float32 (T, H, W, 3) -> (T, H, W, 3, 5 or 6)."""
   modality_channels(mode)  # Refuses an unknown modality.
 
   def fn(features: Features) -> Features:
     video = features['video']
     if mode == 'rgb':
       return features
+    if mode == 'rgb+flow':
+      flow = _tf_normal_flow(video)
+      return {**features, 'video': tf.concat([video, flow], axis=-1)}
     diff = video[1:] - video[:-1]
     diff = tf.concat([tf.zeros_like(video[:1]), diff], axis=0)
     if mode == 'rgb+diff':
@@ -428,6 +461,19 @@ def modality(mode: str) -> Op:
     return {**features, 'video': diff}
 
   return fn
+
+
+def _tf_normal_flow(video: tf.Tensor) -> tf.Tensor:
+  """(T, H, W, C) -> (T, H, W, 2): `_normal_flow` in TensorFlow."""
+  grey = tf.reduce_mean(video, axis=-1)
+  before = tf.concat([grey[:1], grey[:-1]], axis=0)
+  dt = grey - before
+  # SYMMETRIC padding by one repeats the edge, as NumPy's 'edge'.
+  mid = tf.pad((grey + before) * 0.5, [[0, 0], [1, 1], [1, 1]], 'SYMMETRIC')
+  dx = (mid[:, 1:-1, 2:] - mid[:, 1:-1, :-2]) * 0.5
+  dy = (mid[:, 2:, 1:-1] - mid[:, :-2, 1:-1]) * 0.5
+  scale = -dt / (dx * dx + dy * dy + FLOW_EPS)
+  return tf.stack([scale * dx, scale * dy], axis=-1)
 
 
 def compose(ops: Sequence[Op]) -> Op:

@@ -126,6 +126,7 @@ SLOW_CASES = {
   ],
   'test_predict.py::test_predict_respects_the_input_modality': [
     'rgb+diff',
+    'rgb+flow',
   ],
   'test_predict.py::test_streaming_equals_the_model_on_every_window': [
     'single_frame',
@@ -192,6 +193,7 @@ SLOW_CASES = {
   'test_parallel.py::test_sharded_step_equals_single_device_step': ['convlstm'],
   'test_modality.py::test_a_model_trains_a_step_on_each_modality': [
     'lrcn-rgb+diff',
+    'lrcn-rgb+flow',
     'convlstm-rgb+diff',
   ],
   'test_mixed_precision.py::test_bfloat16_computes_in_bfloat16_from_float32_params': [

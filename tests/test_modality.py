@@ -21,7 +21,7 @@ from hpr.train_state import create_train_state, jit_train_step
 from tests import conftest
 from tests.conftest import tiny_config
 
-MODALITIES = ('rgb', 'diff', 'rgb+diff')
+MODALITIES = ('rgb', 'diff', 'rgb+diff', 'rgb+flow')
 
 
 def _clip(seed=0, shape=(2, 5, 4, 4, 3)):
@@ -29,7 +29,8 @@ def _clip(seed=0, shape=(2, 5, 4, 4, 3)):
 
 
 @pytest.mark.parametrize(
-  'modality,channels', [('rgb', 3), ('diff', 3), ('rgb+diff', 6)]
+  'modality,channels',
+  [('rgb', 3), ('diff', 3), ('rgb+diff', 6), ('rgb+flow', 5)],
 )
 def test_shapes_and_channels(modality, channels):
   clip = _clip()
@@ -77,6 +78,39 @@ def test_reordering_model_inputs_is_reordering_frames(modality):
   if modality == 'diff':  # Not the same as reordering the differences.
     naive = video_ops.to_modality(clip, modality)[rows, order]
     assert np.abs(naive - want).max() > 0.1
+
+
+def _square(t, step, light=True, size=24):
+  """(T, H, W, 3) frames: a square moving `step` pixels a frame to the
+  right (negative: left), light on dark or dark on light."""
+  frames = np.full((t, size, size, 3), -0.8 if light else 0.8, np.float32)
+  for i in range(t):
+    x = 8 + i * step
+    frames[i, 6:16, x : x + 8] = 0.8 if light else -0.8
+  return frames
+
+
+@pytest.mark.parametrize('light', [True, False])
+def test_normal_flow_points_the_way_things_move(light):
+  """'rgb+flow': the flow's x channel is positive where an edge moves right
+  and negative where it moves left, whether the thing is lighter or darker
+  than what is behind it (a difference's sign flips with the contrast); y
+  stays 0 for a horizontal motion; a still clip and the first step have 0."""
+  right = video_ops.to_modality(_square(4, 2, light), 'rgb+flow')
+  left = video_ops.to_modality(_square(4, -2, light), 'rgb+flow')
+  np.testing.assert_array_equal(right[..., :3], _square(4, 2, light))
+  assert right.shape == (4, 24, 24, 5)
+  np.testing.assert_array_equal(right[0, ..., 3:], 0.0)
+  assert right[1:, ..., 3].sum() > 10 and left[1:, ..., 3].sum() < -10
+  assert (right[1:, ..., 3] >= -1e-6).all()  # No edge moves left.
+  np.testing.assert_allclose(right[..., 4].sum(), 0.0, atol=1e-4)
+  still = video_ops.to_modality(_square(4, 0, light), 'rgb+flow')
+  assert np.abs(still[..., 3:]).max() == 0.0
+  # Where the square's front edge arrives (row 10, column 16 at step 1):
+  # the flow says right for both contrasts, the difference's sign flips.
+  assert right[1, 10, 16, 3] > 0.1
+  diff = video_ops.to_modality(_square(4, 2, light), 'diff')
+  assert (diff[1, 10, 16, 0] > 0) == light
 
 
 def test_unknown_modality_is_refused():

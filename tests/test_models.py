@@ -119,6 +119,25 @@ def test_lrcn_rejects_unknown_readout():
     _tiny('lrcn', readout='middle')
 
 
+def test_lrcn_avgpool_frame_features_are_the_spatial_mean():
+  """frame_features='avgpool' averages the last block's map over space:
+  with the same seed (same conv weights) its features are the flatten
+  model's, reshaped to (positions, channels) and averaged."""
+  flat, pooled = _tiny('lrcn'), _tiny('lrcn', frame_features='avgpool')
+  flat.eval(), pooled.eval()
+  x = _clips()
+  want = flat.encode_frames(x)
+  want = want.reshape(want.shape[:-1] + (-1, 8)).mean(-2)  # 8 channels.
+  got = pooled.encode_frames(x)
+  assert got.shape == (2, 4, 8) and pooled.encoder.out_features == 8
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert pooled(x).shape == (2, NUM_CLASSES)
+  # Fewer LSTM inputs: 8 a frame instead of 8 x 8 x 8.
+  assert flat.encoder.out_features == 512
+  with pytest.raises(ValueError, match='frame_features'):
+    _tiny('lrcn', frame_features='maxpool')
+
+
 # --- Temporal order ----------------------------------------------------------
 
 

@@ -621,7 +621,7 @@ def test_stream_flags_are_checked(trained_workdir, videos, tmp_path):
     assert '\n' not in str(info.value)
 
 
-@pytest.mark.parametrize('modality', ['diff', 'rgb+diff'])
+@pytest.mark.parametrize('modality', ['diff', 'rgb+diff', 'rgb+flow'])
 def test_predict_respects_the_input_modality(
   data_dir, videos, tmp_path, modality
 ):

@@ -18,7 +18,10 @@ fits a scikit-learn logistic regression on standardised features:
         there, not what moves;
   absdiff: as diff, of the differences' magnitudes (motion energy, where
         and when something moves, not its sign): not in the issue, a
-        stronger yardstick on folders whose contrasts vary in sign.
+        stronger yardstick on folders whose contrasts vary in sign;
+  flow: as diff, of the 15 normal-flow maps (x and y, hpr's 'rgb+flow'
+        modality on the grey frames scaled to [-1, 1]; 1920 features): which
+        way edges move, whatever their contrast. Not in the issue.
 
 Prints and writes 8-way test accuracy and within-pair accuracy (pairs.py).
 Deterministic: the same folder gives the same numbers.
@@ -35,6 +38,7 @@ from experiments.small_video import pairs
 NUM_FRAMES, SIZE = 16, 32
 # Pooling grid (cells per side) of each difference-feature kind.
 GRID = {'diff': 8, 'diff_px8': 4, 'absdiff': 8}
+KINDS = ('diff', 'diff_px8', 'mean', 'absdiff', 'flow')
 
 
 def load(root: str, data_dir: str, test_groups: tuple[int, ...]):
@@ -86,6 +90,14 @@ def features(clips: np.ndarray, kind: str) -> np.ndarray:
     return pooled.reshape(n, -1)
   if kind == 'mean':
     return clips.mean(1).reshape(n, -1)
+  if kind == 'flow':
+    from hpr import video_ops
+
+    rgb = np.repeat(clips[..., None] * 2 - 1, 3, axis=-1)  # 'centered'.
+    flow = video_ops.to_modality(rgb, 'rgb+flow')[:, 1:, ..., 3:]
+    k = SIZE // 8
+    pooled = flow.reshape(n, NUM_FRAMES - 1, 8, k, 8, k, 2).mean((3, 5))
+    return pooled.reshape(n, -1)
   raise ValueError(f'unknown features {kind!r}')
 
 
@@ -118,10 +130,7 @@ def main() -> None:
   parser.add_argument('--out', default='')
   args = parser.parse_args()
   data, names = load(args.root, args.data_dir, _groups(args.test_groups))
-  results = {
-    kind: fit_and_score(data, names, kind)
-    for kind in ('diff', 'diff_px8', 'mean', 'absdiff')
-  }
+  results = {kind: fit_and_score(data, names, kind) for kind in KINDS}
   print(json.dumps(results, indent=2))
   if args.out:
     with open(args.out, 'w') as f:

@@ -16,16 +16,24 @@ class FrameCNN(nnx.Module):
 
   Dropout follows every block but the last, as in the notebook; pools are
   Keras' default 'valid'. Each block is `hpr.kernels.conv_relu_pool`, run
-  as `impl` says ('auto': the platform's fastest, or 'reference').
+  as `impl` says ('auto': the platform's fastest, or 'reference'). The last
+  block's map becomes the frame's features flattened ('flatten', the
+  notebook: where things are stays in the features) or averaged over space
+  ('avgpool': one value per channel, the same wherever the thing is).
   """
 
   def __init__(
     self, input_shape, *, conv_features, kernel_size, pool_sizes, dropout,
-    impl: str = 'auto', rngs: nnx.Rngs,
+    frame_features: str = 'flatten', impl: str = 'auto', rngs: nnx.Rngs,
   ):  # fmt: skip
     # input_shape: (H, W, C) of one frame; the rest as LRCN's arguments.
     if len(pool_sizes) != len(conv_features):
       raise ValueError(f'pool_sizes {tuple(pool_sizes)}: one per conv block')
+    if frame_features not in ('flatten', 'avgpool'):
+      raise ValueError(
+        f"frame_features must be 'flatten' or 'avgpool', got '{frame_features}'"
+      )
+    self.frame_features = frame_features
     self.impl, self.pool_sizes = kernels.check_impl(impl), tuple(pool_sizes)
     self.convs, self.dropouts = nnx.List(), nnx.List()
     height, width, channels = input_shape
@@ -41,7 +49,9 @@ class FrameCNN(nnx.Module):
       channels = features
     if height < 1 or width < 1:
       raise ValueError(f'frames {tuple(input_shape)} too small for the pools')
-    self.out_features = height * width * channels
+    self.out_features = channels
+    if frame_features == 'flatten':
+      self.out_features *= height * width
 
   def __call__(self, x: jax.Array) -> jax.Array:
     # x: (..., H, W, C) -> (..., out_features), every frame on its own.
@@ -51,6 +61,8 @@ class FrameCNN(nnx.Module):
       y = kernels.conv_relu_pool(y, kernel, bias, pool, impl=self.impl)
       if i < len(self.dropouts):
         y = self.dropouts[i](y)
+    if self.frame_features == 'avgpool':
+      y = y.mean(axis=(1, 2))
     return y.reshape(x.shape[:-3] + (-1,))
 
 
@@ -73,6 +85,7 @@ class LRCN(nnx.Module):
     kernel_size: Sequence[int] = (3, 3),
     pool_sizes: Sequence[int] = (4, 4, 2, 2),
     dropout: float = 0.25,
+    frame_features: str = 'flatten',
     lstm_features: int = 32,
     readout: str = 'last',
     impl: str = 'auto',
@@ -88,6 +101,7 @@ class LRCN(nnx.Module):
       kernel_size: (kh, kw) of every conv.
       pool_sizes: square max-pool window of each conv block.
       dropout: dropout rate after every conv block but the last.
+      frame_features: 'flatten' (the notebook) or 'avgpool' (FrameCNN).
       lstm_features: LSTM hidden size.
       readout: 'last' or 'mean' (see the class docstring).
       impl: how the conv blocks run, 'auto' or 'reference' (hpr.kernels).
@@ -103,6 +117,7 @@ class LRCN(nnx.Module):
       kernel_size=kernel_size,
       pool_sizes=pool_sizes,
       dropout=dropout,
+      frame_features=frame_features,
       impl=impl,
       rngs=rngs,
     )
