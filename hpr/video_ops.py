@@ -444,7 +444,7 @@ def reorder_frames(
 
 def modality(mode: str) -> Op:
   """The model's input from the normalized clip: `to_modality` in
-  TensorFlow. 'video' float32 (T, H, W, 3) -> (T, H, W, 3, 5 or 6)."""
+  TensorFlow. 'video' float32 (T, H, W, 3) -> (T, H, W, C), C = 3, 5 or 6."""
   modality_channels(mode)  # Refuses an unknown modality.
 
   def fn(features: Features) -> Features:
